@@ -1,0 +1,101 @@
+"""Wiring and lifecycle: start the parts in order, stop them in reverse (STYLE.md rule 8).
+
+A part is anything with ``name``, ``async start()`` and ``async stop()``. ``start()`` returns once the
+part is serving (a listening socket bound, a worker task running); ``stop()`` drains within its own bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import structlog
+
+from callguard.config import Config
+from callguard.screening import Schedule, parse_schedule
+from callguard.store import Store
+
+log = structlog.get_logger("callguard.app")
+
+
+class Part(Protocol):
+    name: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+@dataclass
+class Runtime:
+    """What the parts share: config, store, and references health/readiness reads."""
+
+    cfg: Config
+    store: Store
+    schedule: Schedule
+    parts: dict[str, Any] = field(default_factory=dict)
+
+
+def build_parts(rt: Runtime) -> list[Part]:
+    """The parts in start order. Later issues add theirs here."""
+    from callguard.agi import AgiServer
+    from callguard.screen_service import ScreenService
+
+    screener = ScreenService(rt.cfg, rt.store, rt.schedule)
+    parts: list[Part] = [screener, AgiServer(rt.cfg.agi, screener.handle)]
+    return parts
+
+
+class Service:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.started: list[Part] = []
+        self.runtime: Runtime | None = None
+
+    async def start(self) -> Runtime:
+        store = await Store.open(self.cfg.store.path, self.cfg.store.busy_timeout_ms)
+        rt = Runtime(self.cfg, store, parse_schedule(self.cfg.hours, self.cfg.phone.default_region))
+        self.runtime = rt
+        try:
+            for part in build_parts(rt):
+                rt.parts[part.name] = part
+                await part.start()
+                self.started.append(part)
+                log.info("part_started", part=part.name)
+        except BaseException:
+            await self.stop()
+            raise
+        return rt
+
+    async def stop(self) -> None:
+        while self.started:
+            part = self.started.pop()
+            try:
+                await part.stop()
+                log.info("part_stopped", part=part.name)
+            except Exception:
+                log.exception("part_stop_failed", part=part.name)
+        if self.runtime is not None:
+            await self.runtime.store.close()
+            self.runtime = None
+
+    async def run_until_signal(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await self.start()
+            log.info("service_ready", config=str(self.cfg.source) if self.cfg.source else "embedded defaults")
+            await stop.wait()
+            log.info("service_stopping")
+        finally:
+            await self.stop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(Exception):
+                    loop.remove_signal_handler(sig)
+        log.info("service_stopped")
+        return 0

@@ -1,0 +1,393 @@
+"""Load ``config.toml`` into frozen, typed objects.
+
+Every section is a frozen dataclass; the loader walks the dataclass fields, so adding a key is adding a
+field (and documenting it in ``config.toml``). Unknown keys, wrong types and bad values raise one
+``ConfigError`` naming the dotted key. Secrets may come from the environment and win over the file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from callguard.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def parse_duration(value: object, key: str = "duration") -> float:
+    """``"90s"``, ``"4h"``, ``"1d"``, ``"250ms"`` or a number of seconds → seconds."""
+    if isinstance(value, bool):
+        raise ConfigError(f"expected a duration like '60s' or '4h', got {value!r}", key)
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ConfigError("a duration cannot be negative", key)
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
+    raise ConfigError(f"expected a duration like '60s' or '4h', got {value!r}", key)
+
+
+class Duration(float):
+    """Seconds; in the file written as ``"60s"``, ``"4h"``, ``"1d"`` or a bare number."""
+
+
+# --- sections -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    path: Path = Path("callguard.sqlite3")
+    busy_timeout_ms: int = 5000
+
+
+@dataclass(frozen=True)
+class PhoneConfig:
+    default_region: str = "RU"
+    # Numbers with at most this many digits are internal extensions, not callers from outside.
+    max_extension_digits: int = 5
+
+
+@dataclass(frozen=True)
+class ScreeningConfig:
+    anonymous: Literal["allow", "block"] = "allow"
+    # What an invalid (unparseable) caller ID gets: "allow" screens it clean, "block" as spam.
+    invalid: Literal["allow", "block"] = "allow"
+
+
+@dataclass(frozen=True)
+class HoursConfig:
+    enabled: bool = False
+    timezone: str = "Europe/Moscow"
+    # day → "HH:MM-HH:MM" (several ranges comma-separated); a day not listed is closed.
+    days: dict[str, str] = field(
+        default_factory=lambda: {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
+    )
+    # DID → {day → ranges}; replaces ``days`` for that DID. DIDs are matched after normalisation.
+    per_did: dict[str, dict[str, str]] = field(default_factory=dict)
+    # Dates (YYYY-MM-DD) closed all day: public holidays.
+    holidays: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class AgiConfig:
+    host: str = "127.0.0.1"
+    port: int = 4573
+    deadline_ms: int = 300
+    read_timeout_ms: int = 2000
+    max_header_bytes: int = 16384
+    max_connections: int = 1000
+    drain_seconds: float = 5.0
+
+
+@dataclass(frozen=True)
+class AmiConfig:
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = 5038
+    username: str = "callguard"
+    secret: str = ""
+    inbound_contexts: list[str] = field(default_factory=lambda: ["from-trunk"])
+    ping_interval: Duration = Duration(20.0)
+    pong_timeout: Duration = Duration(10.0)
+    reconnect_min: Duration = Duration(1.0)
+    reconnect_max: Duration = Duration(60.0)
+    connect_timeout: Duration = Duration(10.0)
+
+
+@dataclass(frozen=True)
+class CallsConfig:
+    stale_after: Duration = Duration(4 * 3600.0)
+    max_calls: int = 100_000
+
+
+@dataclass(frozen=True)
+class MissedConfig:
+    min_ring_seconds: Duration = Duration(0.0)
+    dedupe_window: Duration = Duration(24 * 3600.0)
+
+
+@dataclass(frozen=True)
+class WebhookSinkConfig:
+    url: str = ""
+    secret: str = ""
+    timeout: Duration = Duration(10.0)
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    # Where missed-call leads go: "log" (structured log only), "webhook", or "crm" (the [crm] adapter).
+    sink: Literal["log", "webhook", "crm"] = "log"
+    max_attempts: int = 12
+    backoff_base: Duration = Duration(5.0)
+    backoff_cap: Duration = Duration(900.0)
+    poll_interval: Duration = Duration(1.0)
+    webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
+
+
+@dataclass(frozen=True)
+class AmoCrmConfig:
+    base_url: str = ""
+    token: str = ""
+    spam_field: str = ""
+    rate_rps: float = 7.0
+    lead_mode: Literal["unsorted", "lead_task"] = "unsorted"
+    pipeline_id: int = 0
+    responsible_user_id: int = 0
+    source_name: str = "callguard"
+    webhook_secret: str = ""
+    account_id: int = 0
+    # OAuth refresh (optional): when all four are set, a 401 triggers one token refresh.
+    client_id: str = ""
+    client_secret: str = ""
+    redirect_uri: str = ""
+    refresh_token: str = ""
+
+
+@dataclass(frozen=True)
+class Bitrix24Config:
+    webhook_url: str = ""
+    spam_field: str = ""
+    rate_rps: float = 2.0
+    rate_burst: int = 50
+    source_id: str = "CALL"
+    responsible_user_id: int = 0
+    application_token: str = ""
+    register_call: bool = False
+
+
+@dataclass(frozen=True)
+class CrmConfig:
+    kind: Literal["none", "amocrm", "bitrix24"] = "none"
+    timeout: Duration = Duration(15.0)
+    max_retries: int = 5
+    amocrm: AmoCrmConfig = field(default_factory=AmoCrmConfig)
+    bitrix24: Bitrix24Config = field(default_factory=Bitrix24Config)
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    interval: Duration = Duration(60.0)
+    full_every: Duration = Duration(86400.0)
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = 8088
+    token: str = ""
+    max_body_bytes: int = 262_144
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: Literal["auto", "json", "console"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+@dataclass(frozen=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    phone: PhoneConfig = field(default_factory=PhoneConfig)
+    screening: ScreeningConfig = field(default_factory=ScreeningConfig)
+    hours: HoursConfig = field(default_factory=HoursConfig)
+    agi: AgiConfig = field(default_factory=AgiConfig)
+    ami: AmiConfig = field(default_factory=AmiConfig)
+    calls: CallsConfig = field(default_factory=CallsConfig)
+    missed: MissedConfig = field(default_factory=MissedConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    crm: CrmConfig = field(default_factory=CrmConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    web: WebConfig = field(default_factory=WebConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    source: Path | None = None
+
+
+# Environment variables that override secrets; the file may leave them empty.
+ENV_SECRETS: dict[str, tuple[str, ...]] = {
+    "CALLGUARD_AMI_SECRET": ("ami", "secret"),
+    "CALLGUARD_CRM_TOKEN": ("crm", "amocrm", "token"),
+    "CALLGUARD_CRM_WEBHOOK_URL": ("crm", "bitrix24", "webhook_url"),
+    "CALLGUARD_CRM_APP_TOKEN": ("crm", "bitrix24", "application_token"),
+    "CALLGUARD_CRM_WEBHOOK_SECRET": ("crm", "amocrm", "webhook_secret"),
+    "CALLGUARD_CRM_CLIENT_SECRET": ("crm", "amocrm", "client_secret"),
+    "CALLGUARD_WEB_TOKEN": ("web", "token"),
+    "CALLGUARD_SINK_SECRET": ("outbox", "webhook", "secret"),
+}
+
+SECRET_KEYS = frozenset(".".join(path) for path in ENV_SECRETS.values()) | {"crm.amocrm.refresh_token"}
+
+
+# --- loading --------------------------------------------------------------------------------------
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Duration:
+        return Duration(parse_duration(value, key))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table [{key}], got {type(value).__name__}", key)
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}", key)
+        return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"expected a path string, got {value!r}", key)
+        return Path(value)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", key)
+        return [_check_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        _, val_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table, got {type(value).__name__}", key)
+        return {str(k): _check_value(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+    if origin in (types.UnionType, typing.Union):
+        for alt in typing.get_args(tp):
+            if alt is type(None) and value is None:
+                return None
+            try:
+                return _check_value(value, alt, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"unexpected value {value!r}", key)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"expected a number, got {value!r}", key)
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"expected an integer, got {value!r}", key)
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"expected true or false, got {value!r}", key)
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"expected a string, got {value!r}", key)
+        return value
+    raise ConfigError(f"unsupported type {tp!r}", key)  # a programming error in this module
+
+
+def _build(cls: Any, table: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    for k in table:
+        if k not in names:
+            key = f"{prefix}.{k}" if prefix else k
+            raise ConfigError(f"unknown key (known here: {', '.join(sorted(names))})", key)
+    kwargs = {}
+    for name in names:
+        if name in table:
+            key = f"{prefix}.{name}" if prefix else name
+            kwargs[name] = _check_value(table[name], hints[name], key)
+    return cls(**kwargs)
+
+
+def _set_path(raw: dict[str, Any], path: tuple[str, ...], value: str) -> None:
+    node = raw
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            return  # the file has a scalar where a table belongs; _build reports it
+    node[path[-1]] = value
+
+
+def _validate(cfg: Config) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    import phonenumbers
+
+    if cfg.phone.default_region not in phonenumbers.SUPPORTED_REGIONS:
+        raise ConfigError(f"unknown region {cfg.phone.default_region!r}", "phone.default_region")
+    try:
+        ZoneInfo(cfg.hours.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"unknown time zone {cfg.hours.timezone!r}", "hours.timezone") from e
+    for name, port in (("agi.port", cfg.agi.port), ("ami.port", cfg.ami.port), ("web.port", cfg.web.port)):
+        if not 0 <= port <= 65535:
+            raise ConfigError(f"port out of range: {port}", name)
+    if cfg.agi.deadline_ms <= 0:
+        raise ConfigError("must be positive", "agi.deadline_ms")
+    if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
+        raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
+    if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
+        raise ConfigError("sink 'crm' needs crm.kind = 'amocrm' or 'bitrix24'", "outbox.sink")
+    # Imported late: screening imports config types.
+    from callguard.screening import parse_schedule
+
+    parse_schedule(cfg.hours)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None, env: typing.Mapping[str, str] | None = None
+) -> Config:
+    """Read and validate the config. ``path=None`` gives the embedded defaults (plus environment)."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    source: Path | None = None
+    if path is not None:
+        source = Path(path).resolve()
+        try:
+            with source.open("rb") as f:
+                raw = tomllib.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"config file not found: {source}") from e
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"{source} is not valid TOML: {e}") from e
+        except OSError as e:
+            raise ConfigError(f"cannot read {source}: {e.strerror}") from e
+    for var, keypath in ENV_SECRETS.items():
+        if env.get(var):
+            _set_path(raw, keypath, env[var])
+    cfg: Config = _build(Config, raw)
+    base = source.parent if source else Path.cwd()
+    if not cfg.store.path.is_absolute() and str(cfg.store.path) != ":memory:":
+        cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=base / cfg.store.path))
+    cfg = dataclasses.replace(cfg, source=source)
+    _validate(cfg)
+    return cfg
+
+
+def resolve_config_path(cli_value: str | None, env: typing.Mapping[str, str] | None = None) -> Path | None:
+    """``--config`` wins, then ``$CALLGUARD_CONFIG``, then ``./config.toml``; None = embedded defaults."""
+    env = os.environ if env is None else env
+    if cli_value:
+        return Path(cli_value)
+    if env.get("CALLGUARD_CONFIG"):
+        return Path(env["CALLGUARD_CONFIG"])
+    local = Path("config.toml")
+    return local if local.exists() else None
+
+
+def redacted(cfg: Config) -> dict[str, Any]:
+    """The config as a dict with secrets masked: safe to log or print."""
+
+    def walk(obj: Any, key: str) -> Any:
+        if dataclasses.is_dataclass(obj):
+            return {f.name: walk(getattr(obj, f.name), f"{key}.{f.name}") for f in dataclasses.fields(obj)}
+        if key in SECRET_KEYS:
+            return "***" if obj else ""
+        if isinstance(obj, Path):
+            return str(obj)
+        return obj
+
+    return {f.name: walk(getattr(cfg, f.name), f.name) for f in dataclasses.fields(cfg)}

@@ -1,0 +1,53 @@
+"""Prometheus metrics, one private registry for the process. Names are documented in docs/admin.md."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+SCREENS = Counter("callguard_screens", "FastAGI screens answered, by verdict", ["verdict"], registry=REGISTRY)
+SCREEN_LATENCY = Histogram(
+    "callguard_screen_latency_seconds",
+    "Time from a complete FastAGI request to the verdict written back",
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.3, 1.0),
+    registry=REGISTRY,
+)
+AGI_ERRORS = Counter(
+    "callguard_agi_errors", "FastAGI connections that ended in an error, by kind", ["kind"], registry=REGISTRY
+)
+AGI_TIMEOUTS = Counter(
+    "callguard_agi_deadline_exceeded", "Screens answered 'clean' because the deadline passed", registry=REGISTRY
+)
+AGI_ACTIVE = Gauge("callguard_agi_active_connections", "FastAGI connections open now", registry=REGISTRY)
+
+AMI_CONNECTED = Gauge("callguard_ami_connected", "1 when logged in to AMI", registry=REGISTRY)
+AMI_RECONNECTS = Counter("callguard_ami_reconnects", "AMI connection attempts after the first", registry=REGISTRY)
+AMI_EVENTS = Counter("callguard_ami_events", "AMI events received, by event name", ["event"], registry=REGISTRY)
+AMI_BAD_FRAMES = Counter("callguard_ami_bad_frames", "AMI frames that could not be parsed", registry=REGISTRY)
+
+CALLS = Counter(
+    "callguard_calls", "Finished calls, by outcome and reason", ["outcome", "reason"], registry=REGISTRY
+)
+CALLS_ACTIVE = Gauge("callguard_calls_active", "Calls the tracker follows now", registry=REGISTRY)
+CALLS_EXPIRED = Counter("callguard_calls_expired", "Calls expired with no end seen", registry=REGISTRY)
+
+OUTBOX_DEPTH = Gauge("callguard_outbox_pending", "Outbox items waiting for delivery", registry=REGISTRY)
+OUTBOX_OLDEST = Gauge(
+    "callguard_outbox_oldest_age_seconds", "Age of the oldest undelivered outbox item", registry=REGISTRY
+)
+OUTBOX_DEAD = Gauge("callguard_outbox_dead", "Outbox items in dead letters", registry=REGISTRY)
+OUTBOX_DELIVERIES = Counter(
+    "callguard_outbox_deliveries", "Delivery attempts, by result", ["result"], registry=REGISTRY
+)
+
+SYNC_AGE = Gauge("callguard_sync_age_seconds", "Seconds since the last successful CRM sync", registry=REGISTRY)
+SYNC_RUNS = Counter("callguard_sync_runs", "CRM sync runs, by kind and result", ["kind", "result"], registry=REGISTRY)
+CONTACTS_CACHED = Gauge("callguard_numbers_cached", "Phone numbers in the CRM cache", registry=REGISTRY)
+SPAM_CACHED = Gauge("callguard_numbers_spam", "Cached phone numbers flagged spam", registry=REGISTRY)
+WEBHOOKS = Counter(
+    "callguard_webhooks", "CRM webhook deliveries, by CRM and result", ["crm", "result"], registry=REGISTRY
+)
+CRM_REQUESTS = Counter(
+    "callguard_crm_requests", "CRM HTTP requests, by CRM and status class", ["crm", "status"], registry=REGISTRY
+)

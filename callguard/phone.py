@@ -1,0 +1,124 @@
+"""Caller ID → E.164, with the phonenumbers library doing the numbering-plan work.
+
+What Asterisk hands us in ``agi_callerid`` / ``CallerIDNum`` is whatever the trunk sent: ``89123456789``,
+``+7 (912) 345-67-89``, ``sip:+79123456789@host``, ``"Ivan" <+79123456789>``, ``anonymous``,
+``<unknown>``, or junk. ``normalise`` never raises: it returns a ``Phone`` whose ``kind`` says what it is.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+from enum import StrEnum
+from functools import lru_cache
+
+import phonenumbers
+
+# Longest caller ID we try to parse; E.164 allows 15 digits, SIP URIs and names add a bit.
+MAX_RAW_LENGTH = 128
+
+# Values Asterisk and trunks use for "no number": withheld on purpose vs simply not sent.
+_ANONYMOUS = frozenset({"anonymous", "restricted", "private", "withheld", "unavailable", "blocked"})
+_UNKNOWN = frozenset({"", "unknown", "<unknown>", "null", "none", "n/a", "-"})
+
+_ANGLE = re.compile(r"<([^<>]*)>")
+_URI = re.compile(r"^(?:sips?|tel):([^@;?>]*)", re.IGNORECASE)
+_ALLOWED = re.compile(r"^\+?[\d\s().\-/]+$")
+
+
+class Kind(StrEnum):
+    NUMBER = "number"  # a possible public number; ``e164`` is set
+    EXTENSION = "extension"  # a short internal number; ``e164`` is None, ``digits`` is set
+    ANONYMOUS = "anonymous"  # presentation withheld (anonymous, restricted, private …)
+    UNKNOWN = "unknown"  # no caller ID at all
+    INVALID = "invalid"  # something was sent, but it is not a number
+
+
+@dataclass(frozen=True, slots=True)
+class Phone:
+    kind: Kind
+    raw: str
+    e164: str | None = None
+    digits: str | None = None
+    valid: bool = False  # True when the numbering plan knows the range (not just a possible length)
+
+    @property
+    def key(self) -> str | None:
+        """The lookup key in the store: E.164 for public numbers, digits for extensions."""
+        return self.e164 if self.kind is Kind.NUMBER else self.digits
+
+    @property
+    def display(self) -> str:
+        """What to log and show: the normalised number, or the kind when there is none."""
+        return self.key or (self.kind.value if self.kind is not Kind.INVALID else _printable(self.raw))
+
+
+def _printable(raw: str) -> str:
+    cleaned = "".join(ch if ch.isprintable() else "?" for ch in raw[:40])
+    return cleaned + ("…" if len(raw) > 40 else "")
+
+
+def _extract(raw: str) -> str:
+    """Strip names, URIs and parameters down to the number-ish part."""
+    text = raw.strip()
+    m = _ANGLE.search(text)
+    if m:
+        text = m.group(1).strip()
+    m = _URI.match(text)
+    if m:
+        text = m.group(1)
+    # ``+79123456789;cpc=ordinary`` and ``…;user=phone``
+    text = text.split(";", 1)[0].strip().strip('"').strip()
+    return text
+
+
+def normalise(raw: str | None, region: str = "RU", max_extension_digits: int = 5) -> Phone:
+    """Classify and normalise one caller ID. Never raises."""
+    if raw is None:
+        return Phone(Kind.UNKNOWN, "")
+    if not isinstance(raw, str):
+        raw = str(raw)
+    return _normalise(raw, region, max_extension_digits)
+
+
+@lru_cache(maxsize=65536)
+def _normalise(raw: str, region: str, max_extension_digits: int) -> Phone:
+    if len(raw) > MAX_RAW_LENGTH:
+        return Phone(Kind.INVALID, raw)
+    if any(unicodedata.category(ch) == "Cc" for ch in raw):
+        return Phone(Kind.INVALID, raw)
+    word = raw.strip().strip('"').strip().lower()
+    if word in _UNKNOWN:
+        return Phone(Kind.UNKNOWN, raw)
+    if word in _ANONYMOUS:
+        return Phone(Kind.ANONYMOUS, raw)
+    text = _extract(raw)
+    lowered = text.lower()
+    if lowered in _UNKNOWN:
+        return Phone(Kind.UNKNOWN, raw)
+    if lowered in _ANONYMOUS:
+        return Phone(Kind.ANONYMOUS, raw)
+    if not text.isascii() or not _ALLOWED.match(text):
+        return Phone(Kind.INVALID, raw)
+    digits = re.sub(r"\D", "", text)
+    if not digits:
+        return Phone(Kind.INVALID, raw)
+    if not text.startswith("+") and len(digits) <= max_extension_digits:
+        return Phone(Kind.EXTENSION, raw, digits=digits)
+    if not text.startswith("+") and digits.startswith("00"):
+        text = "+" + digits[2:]  # ITU international prefix; RU's own "810" phonenumbers handles
+    try:
+        parsed = phonenumbers.parse(text, region)
+    except phonenumbers.NumberParseException:
+        return Phone(Kind.INVALID, raw)
+    if not phonenumbers.is_possible_number(parsed):
+        return Phone(Kind.INVALID, raw)
+    e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
+    return Phone(Kind.NUMBER, raw, e164=e164, digits=digits, valid=phonenumbers.is_valid_number(parsed))
+
+
+def to_e164(raw: str | None, region: str = "RU") -> str | None:
+    """E.164 of a public number or None: for CRM phone fields, where extensions do not occur."""
+    phone = normalise(raw, region, max_extension_digits=0)
+    return phone.e164

@@ -1,0 +1,30 @@
+"""The SQLite store: one file, WAL, numbered migrations, one writer. All SQL lives in this package.
+
+``Store`` groups one repository per table family; each module owns its tables' SQL.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from callguard.store.db import Database
+from callguard.store.numbers import Contact, Lookup, Numbers
+from callguard.store.overrides import Override, Overrides
+from callguard.store.screens import Screens
+
+__all__ = ["Contact", "Database", "Lookup", "Override", "Store"]
+
+
+class Store:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.numbers = Numbers(db)
+        self.overrides = Overrides(db)
+        self.screens = Screens(db)
+
+    @classmethod
+    async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Store:
+        return cls(await Database.open(path, busy_timeout_ms))
+
+    async def close(self) -> None:
+        await self.db.close()

@@ -1,0 +1,133 @@
+"""The SQLite file: connections, pragmas, migrations, and the single-writer rule.
+
+Two aiosqlite connections in WAL mode: ``reader`` for the screening path (never waits on a write) and
+``writer`` behind an asyncio lock, so there is exactly one writer and readers see whole transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import sqlite3
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiosqlite
+import structlog
+
+from callguard.errors import SchemaTooNewError, StoreError
+from callguard.store.migrations import LATEST, MIGRATIONS
+
+log = structlog.get_logger("callguard.store")
+_memory_ids = itertools.count()
+
+
+async def _connect(path: str, busy_timeout_ms: int, uri: bool = False) -> aiosqlite.Connection:
+    try:
+        conn = await aiosqlite.connect(path, uri=uri, isolation_level=None)
+    except Exception as e:  # sqlite3.OperationalError and friends
+        raise StoreError(f"cannot open database {path}: {e}") from e
+    conn.daemon = True  # a stuck query must never keep the process alive on exit (aiosqlite>=0.20)
+    await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    return conn
+
+
+class Database:
+    def __init__(self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, path: str) -> None:
+        self.reader = reader
+        self._writer = writer
+        self.path = path
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Database:
+        target = str(path)
+        uri = False
+        if target == ":memory:":
+            # Two connections must see one database: a named shared-cache memory DB.
+            target, uri = f"file:callguard-{os.getpid()}-{next(_memory_ids)}?mode=memory&cache=shared", True
+        else:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+        writer = await _connect(target, busy_timeout_ms, uri)
+        try:
+            if not uri:
+                await writer.execute("PRAGMA journal_mode = WAL")
+                await writer.execute("PRAGMA synchronous = NORMAL")
+            await migrate(writer)
+            reader = await _connect(target, busy_timeout_ms, uri)
+        except BaseException:
+            await writer.close()
+            raise
+        return cls(reader, writer, str(path))
+
+    @contextlib.asynccontextmanager
+    async def write(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction; commits on success, rolls back on any error."""
+        async with self._lock:
+            await self._writer.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._writer
+            except BaseException:
+                await self._writer.execute("ROLLBACK")
+                raise
+            else:
+                await self._writer.execute("COMMIT")
+
+    async def schema_version(self) -> int:
+        async with self.reader.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def integrity_check(self) -> str:
+        async with self.reader.execute("PRAGMA integrity_check") as cur:
+            rows = await cur.fetchall()
+        return "; ".join(str(r[0]) for r in rows)
+
+    async def close(self) -> None:
+        for conn in (self.reader, self._writer):
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+
+async def migrate(conn: aiosqlite.Connection) -> int:
+    """Bring the schema to ``LATEST``; refuse a database written by a newer callguard."""
+    async with conn.execute("PRAGMA user_version") as cur:
+        row = await cur.fetchone()
+    current = int(row[0]) if row else 0
+    if current > LATEST:
+        raise SchemaTooNewError(current, LATEST)
+    for version in sorted(v for v in MIGRATIONS if v > current):
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            await _run_script(conn, MIGRATIONS[version])
+            await conn.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        await conn.execute("COMMIT")
+        log.info("store_migrated", version=version)
+    return max(current, LATEST)
+
+
+async def _run_script(conn: aiosqlite.Connection, script: str) -> None:
+    # executescript() would COMMIT first; run statements one by one inside our transaction instead.
+    for statement in _statements(script):
+        await conn.execute(statement)
+
+
+def _statements(script: str) -> list[str]:
+    out: list[str] = []
+    buf = ""
+    for line in script.splitlines(keepends=True):
+        if line.strip().startswith("--") and not buf.strip():
+            continue
+        buf += line
+        if sqlite3.complete_statement(buf):
+            out.append(buf.strip())
+            buf = ""
+    if buf.strip():
+        out.append(buf.strip())
+    return out

@@ -1,0 +1,98 @@
+"""Numbered schema migrations. ``PRAGMA user_version`` holds the last one applied.
+
+Append only: never edit a migration that has shipped; add the next number. Each runs in one transaction.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: dict[int, str] = {
+    1: """
+    -- CRM contacts' phones. A contact with three phones gives three rows; two contacts may share a phone
+    -- (CRM duplicates), hence the pair key (DESIGN.md has phone alone; see the issue note).
+    CREATE TABLE numbers (
+        phone       TEXT NOT NULL,            -- E.164
+        contact_id  TEXT NOT NULL,
+        name        TEXT NOT NULL DEFAULT '',
+        owner       TEXT NOT NULL DEFAULT '',
+        spam        INTEGER NOT NULL DEFAULT 0,
+        source      TEXT NOT NULL,            -- amocrm | bitrix24
+        updated_at  REAL NOT NULL,
+        PRIMARY KEY (phone, contact_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX numbers_contact ON numbers(contact_id);
+
+    -- Local allow/block lists (callguard import, callguard check); beat CRM flags.
+    CREATE TABLE overrides (
+        phone       TEXT PRIMARY KEY,
+        action      TEXT NOT NULL CHECK (action IN ('allow', 'block')),
+        note        TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+
+    -- One row per FastAGI screen, written after the answer (never on the call path).
+    CREATE TABLE screens (
+        uniqueid    TEXT NOT NULL,
+        at          REAL NOT NULL,
+        caller      TEXT NOT NULL,
+        did         TEXT NOT NULL,
+        verdict     TEXT NOT NULL,
+        reason      TEXT NOT NULL,
+        latency_ms  REAL NOT NULL
+    );
+    CREATE INDEX screens_at ON screens(at);
+    CREATE INDEX screens_uniqueid ON screens(uniqueid);
+
+    -- Every finished call the tracker saw.
+    CREATE TABLE calls (
+        linkedid    TEXT PRIMARY KEY,
+        uniqueid    TEXT NOT NULL DEFAULT '',
+        caller      TEXT NOT NULL,
+        did         TEXT NOT NULL,
+        verdict     TEXT NOT NULL DEFAULT '',
+        outcome     TEXT NOT NULL,
+        reason      TEXT NOT NULL DEFAULT '',
+        started_at  REAL NOT NULL,
+        ended_at    REAL NOT NULL,
+        wait_s      REAL NOT NULL DEFAULT 0
+    );
+    CREATE INDEX calls_ended ON calls(ended_at);
+
+    -- Durable delivery of missed calls; idempotency key = Linkedid.
+    CREATE TABLE outbox (
+        linkedid    TEXT PRIMARY KEY,
+        payload     TEXT NOT NULL,            -- JSON
+        state       TEXT NOT NULL DEFAULT 'pending'
+                    CHECK (state IN ('pending', 'sending', 'sent', 'dead')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at     REAL NOT NULL,
+        last_error  TEXT NOT NULL DEFAULT '',
+        crm_ref     TEXT NOT NULL DEFAULT '',
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE INDEX outbox_due ON outbox(state, next_at);
+
+    -- The open lead per caller, for repeat misses inside missed.dedupe_window.
+    CREATE TABLE leads (
+        phone       TEXT NOT NULL,
+        sink        TEXT NOT NULL,
+        crm_ref     TEXT NOT NULL,
+        opened_at   REAL NOT NULL,
+        last_at     REAL NOT NULL,
+        misses      INTEGER NOT NULL DEFAULT 1,
+        PRIMARY KEY (phone, sink)
+    );
+
+    -- Where the CRM sync stands.
+    CREATE TABLE sync_state (
+        crm          TEXT PRIMARY KEY,
+        cursor       TEXT NOT NULL DEFAULT '',
+        last_sync_at REAL NOT NULL DEFAULT 0,
+        last_full_at REAL NOT NULL DEFAULT 0,
+        full_started_at REAL NOT NULL DEFAULT 0,
+        full_page    TEXT NOT NULL DEFAULT ''   -- resume point of an unfinished full sync
+    );
+    """,
+}
+
+LATEST = max(MIGRATIONS)
