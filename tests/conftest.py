@@ -1,0 +1,30 @@
+"""Shared fixtures. Area-specific fixtures live in their own test modules or tests/fakes/."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from callguard.config import Config, load_config
+from callguard.store import Store
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture
+def cfg(tmp_path: Path) -> Config:
+    """Embedded defaults with the SQLite file in a temp folder."""
+    path = tmp_path / "config.toml"
+    path.write_text('[store]\npath = "cg.sqlite3"\n')
+    return load_config(path, env={})
+
+
+@pytest.fixture
+async def store(cfg: Config) -> AsyncIterator[Store]:
+    s = await Store.open(cfg.store.path)
+    try:
+        yield s
+    finally:
+        await s.close()
