@@ -45,7 +45,7 @@ def build_parts(rt: Runtime) -> list[Part]:
     from callguard.screen_service import ScreenService
 
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
-    parts: list[Part] = [screener, AgiServer(rt.cfg.agi, screener.handle)]
+    parts: list[Part] = [screener, AgiServer(rt.cfg.agi, {"screen": screener.handle})]
     return parts
 
 

@@ -232,42 +232,7 @@ SECRET_KEYS = frozenset(".".join(path) for path in ENV_SECRETS.values()) | {"crm
 # --- loading --------------------------------------------------------------------------------------
 
 
-def _check_value(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is Duration:
-        return Duration(parse_duration(value, key))
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a table [{key}], got {type(value).__name__}", key)
-        return _build(tp, value, key)
-    if origin is Literal:
-        allowed = typing.get_args(tp)
-        if value not in allowed:
-            raise ConfigError(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}", key)
-        return value
-    if tp is Path:
-        if not isinstance(value, str) or not value:
-            raise ConfigError(f"expected a path string, got {value!r}", key)
-        return Path(value)
-    if origin is list:
-        (item_tp,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise ConfigError(f"expected a list, got {type(value).__name__}", key)
-        return [_check_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        _, val_tp = typing.get_args(tp)
-        if not isinstance(value, dict):
-            raise ConfigError(f"expected a table, got {type(value).__name__}", key)
-        return {str(k): _check_value(v, val_tp, f"{key}.{k}") for k, v in value.items()}
-    if origin in (types.UnionType, typing.Union):
-        for alt in typing.get_args(tp):
-            if alt is type(None) and value is None:
-                return None
-            try:
-                return _check_value(value, alt, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"unexpected value {value!r}", key)
+def _check_scalar(value: Any, tp: Any, key: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"expected a number, got {value!r}", key)
@@ -284,7 +249,54 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"expected a string, got {value!r}", key)
         return value
+    if tp is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"expected a path string, got {value!r}", key)
+        return Path(value)
     raise ConfigError(f"unsupported type {tp!r}", key)  # a programming error in this module
+
+
+def _check_union(value: Any, tp: Any, key: str) -> Any:
+    for alt in typing.get_args(tp):
+        if alt is type(None) and value is None:
+            return None
+        try:
+            return _check_value(value, alt, key)
+        except ConfigError:
+            continue
+    raise ConfigError(f"unexpected value {value!r}", key)
+
+
+def _check_container(value: Any, tp: Any, key: str) -> Any:
+    if typing.get_origin(tp) is list:
+        (item_tp,) = typing.get_args(tp)
+        if not isinstance(value, list):
+            raise ConfigError(f"expected a list, got {type(value).__name__}", key)
+        return [_check_value(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    _, val_tp = typing.get_args(tp)
+    if not isinstance(value, dict):
+        raise ConfigError(f"expected a table, got {type(value).__name__}", key)
+    return {str(k): _check_value(v, val_tp, f"{key}.{k}") for k, v in value.items()}
+
+
+def _check_value(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Duration:
+        return Duration(parse_duration(value, key))
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"expected a table [{key}], got {type(value).__name__}", key)
+        return _build(tp, value, key)
+    if origin is Literal:
+        allowed = typing.get_args(tp)
+        if value not in allowed:
+            raise ConfigError(f"must be one of {', '.join(map(repr, allowed))}, got {value!r}", key)
+        return value
+    if origin in (list, dict):
+        return _check_container(value, tp, key)
+    if origin in (types.UnionType, typing.Union):
+        return _check_union(value, tp, key)
+    return _check_scalar(value, tp, key)
 
 
 def _build(cls: Any, table: dict[str, Any], prefix: str = "") -> Any:

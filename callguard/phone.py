@@ -39,14 +39,14 @@ class Kind(StrEnum):
 class Phone:
     kind: Kind
     raw: str
-    e164: str | None = None
+    e164: str | None = None  # set for numbers the plan knows, or that came with a "+"
     digits: str | None = None
     valid: bool = False  # True when the numbering plan knows the range (not just a possible length)
 
     @property
     def key(self) -> str | None:
         """The lookup key in the store: E.164 for public numbers, digits for extensions."""
-        return self.e164 if self.kind is Kind.NUMBER else self.digits
+        return self.e164 or self.digits if self.kind in (Kind.NUMBER, Kind.EXTENSION) else None
 
     @property
     def display(self) -> str:
@@ -84,21 +84,14 @@ def normalise(raw: str | None, region: str = "RU", max_extension_digits: int = 5
 
 @lru_cache(maxsize=65536)
 def _normalise(raw: str, region: str, max_extension_digits: int) -> Phone:
-    if len(raw) > MAX_RAW_LENGTH:
+    if len(raw) > MAX_RAW_LENGTH or any(unicodedata.category(ch) == "Cc" for ch in raw):
         return Phone(Kind.INVALID, raw)
-    if any(unicodedata.category(ch) == "Cc" for ch in raw):
-        return Phone(Kind.INVALID, raw)
-    word = raw.strip().strip('"').strip().lower()
-    if word in _UNKNOWN:
-        return Phone(Kind.UNKNOWN, raw)
-    if word in _ANONYMOUS:
-        return Phone(Kind.ANONYMOUS, raw)
     text = _extract(raw)
-    lowered = text.lower()
-    if lowered in _UNKNOWN:
-        return Phone(Kind.UNKNOWN, raw)
-    if lowered in _ANONYMOUS:
-        return Phone(Kind.ANONYMOUS, raw)
+    for word in (raw.strip().strip('"').strip().lower(), text.lower()):
+        if word in _UNKNOWN:
+            return Phone(Kind.UNKNOWN, raw)
+        if word in _ANONYMOUS:
+            return Phone(Kind.ANONYMOUS, raw)
     if not text.isascii() or not _ALLOWED.match(text):
         return Phone(Kind.INVALID, raw)
     digits = re.sub(r"\D", "", text)
@@ -114,8 +107,13 @@ def _normalise(raw: str, region: str, max_extension_digits: int) -> Phone:
         return Phone(Kind.INVALID, raw)
     if not phonenumbers.is_possible_number(parsed):
         return Phone(Kind.INVALID, raw)
+    valid = phonenumbers.is_valid_number(parsed)
+    if not valid and not text.startswith("+"):
+        # A local number the plan does not know (``5551000``): guessing a country code would invent
+        # a number, so it stays the digits as sent.
+        return Phone(Kind.NUMBER, raw, digits=digits)
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return Phone(Kind.NUMBER, raw, e164=e164, digits=digits, valid=phonenumbers.is_valid_number(parsed))
+    return Phone(Kind.NUMBER, raw, e164=e164, digits=digits, valid=valid)
 
 
 def to_e164(raw: str | None, region: str = "RU") -> str | None:

@@ -10,7 +10,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 
-from callguard import __version__, errors
+from callguard import __version__, errors, log
 from callguard.config import Config, load_config, resolve_config_path
 
 Handler = Callable[[argparse.Namespace, Config], int]
@@ -48,6 +48,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.ConfigError as e:
         print(f"callguard: config error: {e}", file=sys.stderr)
         return errors.EXIT_CONFIG
+    # Commands print their results on stdout; log lines go to stderr (``run`` re-configures for journald).
+    log.configure(cfg.log.format, "warning", stream=sys.stderr)
     handler: Handler = args.handler
     try:
         return handler(args, cfg)

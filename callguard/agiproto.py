@@ -1,0 +1,126 @@
+"""FastAGI wire format, pure: the request header block in, commands out, replies in. No sockets.
+
+What Asterisk 22 sends (tests/fixtures/traces/*.agi.txt): ``agi_<name>: <value>\\n`` lines, bare ``\\n``
+line ends, an empty line to finish; an empty value keeps its space (``agi_accountcode: ``). Replies are
+``200 result=1``, ``200 result=1 (+15551230099)``, ``510 Invalid or unknown command``, a multi-line
+``520-…`` block closed by ``520 End of proper usage.``, and an unsolicited ``HANGUP`` line when the
+caller leaves mid-script (s10), after which commands still get ``200 result=1``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from panoramisk.utils import parse_agi_result
+
+from callguard.errors import AgiProtocolError
+
+_HEADER = re.compile(r"^(agi_[A-Za-z0-9_]+):(?: (.*)|)$")
+# AGI variable names as the dialplan knows them: letters, digits, underscore (a leading _ or __ inherits).
+_VARNAME = re.compile(r"^_{0,2}[A-Za-z][A-Za-z0-9_]*$")
+MAX_VALUE_LENGTH = 256
+_NO_NUMBER = frozenset({"", "unknown", "s"})
+
+
+@dataclass(frozen=True)
+class AgiRequest:
+    headers: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+    def get(self, name: str, default: str = "") -> str:
+        return self.headers.get(name, default)
+
+    @property
+    def script(self) -> str:
+        """The route: ``agi://host:4573/screen?x`` → ``screen`` (query and slashes stripped)."""
+        return self.get("agi_network_script").split("?", 1)[0].strip("/")
+
+    @property
+    def uniqueid(self) -> str:
+        return self.get("agi_uniqueid")
+
+    @property
+    def callerid(self) -> str:
+        return self.get("agi_callerid")
+
+    @property
+    def calleridname(self) -> str:
+        return self.get("agi_calleridname")
+
+    @property
+    def did(self) -> str:
+        """The number dialled: an explicit ``AGI(…/screen,${EXTEN})`` argument wins, then
+        ``agi_dnid``, then ``agi_extension`` (the lab's ``agi_dnid`` is ``unknown``)."""
+        for name in ("agi_arg_1", "agi_dnid", "agi_extension"):
+            value = self.get(name).strip()
+            if value.lower() not in _NO_NUMBER:
+                return value
+        return ""
+
+
+def parse_request(block: bytes) -> AgiRequest:
+    """The header block (without the terminating empty line) → ``AgiRequest``.
+
+    Raises ``AgiProtocolError`` for anything that is not ``agi_*: value`` lines.
+    """
+    text = block.decode("utf-8", errors="replace")
+    headers: dict[str, str] = {}
+    for n, raw_line in enumerate(text.split("\n"), 1):
+        line = raw_line[:-1] if raw_line.endswith("\r") else raw_line
+        if not line:
+            continue
+        m = _HEADER.match(line)
+        if not m:
+            raise AgiProtocolError(f"line {n} is not an 'agi_name: value' header")
+        headers[m.group(1)] = m.group(2) or ""
+    if not headers:
+        raise AgiProtocolError("empty request")
+    if "agi_network_script" not in headers:
+        raise AgiProtocolError("request has no agi_network_script")
+    return AgiRequest(MappingProxyType(headers))
+
+
+def quote(value: str) -> str:
+    """An argument for an AGI command: one line, quoted, backslashes and quotes escaped."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in value)[:MAX_VALUE_LENGTH]
+    return '"' + cleaned.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def set_variable(name: str, value: str) -> str:
+    if not _VARNAME.match(name):
+        raise ValueError(f"not a dialplan variable name: {name!r}")
+    # A bare token keeps the wire format identical to what the lab recorded for simple values.
+    if value and re.fullmatch(r"[A-Za-z0-9_+.@-]+", value):
+        return f"SET VARIABLE {name} {value}"
+    return f"SET VARIABLE {name} {quote(value)}"
+
+
+@dataclass(frozen=True)
+class AgiReply:
+    code: int
+    result: str = ""
+    data: str = ""
+    text: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.code == 200 and self.result != "-1"
+
+
+def parse_reply(line: str) -> AgiReply:
+    """One reply line → ``AgiReply``; garbage raises ``AgiProtocolError``.
+
+    Uses panoramisk's parser for the ``result=`` grammar; it cannot tell us about garbage, so the code
+    is checked here first.
+    """
+    line = line.rstrip("\r\n")
+    code_text = line[:3]
+    if len(line) < 3 or not code_text.isdigit():
+        raise AgiProtocolError(f"not an AGI reply: {line[:60]!r}")
+    parsed: dict[str, Any] = parse_agi_result(line)
+    value, data = parsed.get("result", ("", ""))
+    if parsed.get("error") == "AGIAppError":
+        value = "-1"
+    return AgiReply(code=int(code_text), result=value, data=data, text=line)

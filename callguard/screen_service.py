@@ -1,0 +1,193 @@
+"""The ``screen`` route: caller ID → normalise → one store read → ``decide`` → channel variables.
+
+Protocol lives in ``agi``/``agiproto``, the rules in ``screening``; this module joins them and owns the
+deadline: whatever happens inside (a slow disk, a bug), Asterisk gets a verdict in time, ``clean`` when
+in doubt, so a legitimate caller is never blocked by callguard's own fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+
+from callguard import metrics
+from callguard.agi import AgiSession
+from callguard.agiproto import set_variable
+from callguard.config import Config
+from callguard.errors import AgiProtocolError
+from callguard.phone import Kind, Phone, normalise
+from callguard.screening import Decision, Schedule, Verdict, decide
+from callguard.store import Store
+from callguard.store.numbers import EMPTY
+from callguard.store.screens import ScreenRecord
+
+log = structlog.get_logger("callguard.screen")
+
+Subscriber = Callable[[ScreenRecord], None]
+
+FLUSH_INTERVAL = 1.0
+FLUSH_BATCH = 500
+FLUSH_KEEP = 50_000
+
+
+def variables_for(decision: Decision) -> list[tuple[str, str]]:
+    """The dialplan contract (DESIGN.md): the verdict first, so a caller who leaves mid-way still
+    leaves the one variable the dialplan branches on."""
+    out = [("CALLGUARD_VERDICT", decision.verdict.value)]
+    contact = decision.contact
+    if contact is not None:
+        out.append(("CALLGUARD_CONTACT_ID", contact.contact_id))
+        if contact.name:
+            out.append(("CALLGUARD_CONTACT_NAME", contact.name))
+        if contact.owner:
+            out.append(("CALLGUARD_OWNER", contact.owner))
+    return out
+
+
+class ScreenService:
+    name = "screener"
+
+    def __init__(self, cfg: Config, store: Store, schedule: Schedule) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.schedule = schedule
+        self._subscribers: list[Subscriber] = []
+        self._pending: list[ScreenRecord] = []
+        self._flush_wakeup = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._flusher = asyncio.create_task(self._flush_loop(), name="screen-recorder")
+
+    async def stop(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flusher
+            self._flusher = None
+        await self._flush()
+
+    def subscribe(self, fn: Subscriber) -> None:
+        self._subscribers.append(fn)
+
+    # --- the decision -----------------------------------------------------------------------------
+
+    def normalise(self, raw: str) -> Phone:
+        return normalise(raw, self.cfg.phone.default_region, self.cfg.phone.max_extension_digits)
+
+    def did_key(self, raw: str) -> str:
+        phone = normalise(raw, self.cfg.phone.default_region, self.cfg.phone.max_extension_digits)
+        return phone.key or raw.strip()
+
+    async def check(self, caller_raw: str, did_raw: str = "", now: datetime | None = None) -> tuple[
+        Phone, Decision
+    ]:
+        """The verdict and why, without AGI: what ``callguard check`` and ``/v1/check`` show."""
+        phone = self.normalise(caller_raw)
+        lookup = (
+            await self.store.numbers.lookup(phone.key)
+            if phone.kind in (Kind.NUMBER, Kind.EXTENSION)
+            else EMPTY
+        )
+        decision = decide(
+            phone, self.did_key(did_raw), now or datetime.now(UTC), lookup, self.cfg.screening, self.schedule
+        )
+        return phone, decision
+
+    # --- the AGI route ----------------------------------------------------------------------------
+
+    async def handle(self, session: AgiSession) -> None:
+        req = session.request
+        fault = ""
+        try:
+            phone, decision = await asyncio.wait_for(
+                self.check(req.callerid, req.did), self.cfg.agi.deadline_ms / 1000
+            )
+        except TimeoutError:
+            fault = "deadline"
+            metrics.AGI_TIMEOUTS.inc()
+        except Exception as e:  # any fault of ours answers clean: never hold or block a caller
+            fault = f"internal_error:{type(e).__name__}"
+            log.exception("screen_failed", uniqueid=req.uniqueid, caller=req.callerid[:40])
+        if fault:
+            phone = self.normalise(req.callerid)
+            decision = Decision(Verdict.CLEAN, f"fail_open:{fault}")
+        did = self.did_key(req.did)
+        delivered = await self._answer(session, decision)
+        latency_ms = (time.perf_counter() - session.started) * 1000
+        metrics.SCREENS.labels(verdict=decision.verdict.value).inc()
+        metrics.SCREEN_LATENCY.observe(latency_ms / 1000)
+        contact = decision.contact
+        log.info(
+            "call_screened",
+            uniqueid=req.uniqueid,
+            caller=phone.display,
+            caller_name=req.calleridname[:80],
+            did=did,
+            verdict=decision.verdict.value,
+            reason=decision.reason,
+            contact_id=contact.contact_id if contact else None,
+            latency_ms=round(latency_ms, 3),
+            delivered=delivered,
+            caller_hung_up=session.hung_up,
+        )
+        self._record(
+            ScreenRecord(
+                req.uniqueid, time.time(), phone.display, did, decision.verdict.value, decision.reason, latency_ms
+            )
+        )
+
+    async def _answer(self, session: AgiSession, decision: Decision) -> bool:
+        """Send the variables; False when Asterisk did not take them (the dialplan then fails open)."""
+        try:
+            for name, value in variables_for(decision):
+                reply = await session.send_command(set_variable(name, value))
+                if not reply.ok:
+                    log.warning(
+                        "agi_command_rejected", uniqueid=session.request.uniqueid, command=name, reply=reply.text
+                    )
+                    return False
+        except (AgiProtocolError, TimeoutError, ConnectionError, OSError) as e:
+            metrics.AGI_ERRORS.labels(kind="reply").inc()
+            log.warning("agi_reply_failed", uniqueid=session.request.uniqueid, error=str(e) or type(e).__name__)
+            return False
+        return True
+
+    # --- recording, off the call path ---------------------------------------------------------------
+
+    def _record(self, record: ScreenRecord) -> None:
+        for fn in self._subscribers:
+            try:
+                fn(record)
+            except Exception:
+                log.exception("screen_subscriber_failed", uniqueid=record.uniqueid)
+        self._pending.append(record)
+        if len(self._pending) >= FLUSH_BATCH:
+            self._flush_wakeup.set()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._flush_wakeup.wait(), FLUSH_INTERVAL)
+            self._flush_wakeup.clear()
+            try:
+                await self._flush()
+            except Exception:
+                log.exception("screen_record_failed", pending=len(self._pending))
+
+    async def _flush(self) -> None:
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        try:
+            await self.store.screens.insert_many(batch)
+        except Exception:
+            self._pending[:0] = batch[-FLUSH_KEEP:]  # keep the newest for the next try, bounded
+            raise

@@ -1,0 +1,100 @@
+"""A fake Asterisk on the FastAGI client side, driven by the recorded transcripts.
+
+It speaks as Asterisk 22 does in tests/fixtures/traces/*.agi.txt: the ``agi_*`` header block with bare
+``\\n`` line ends and an empty line, then one reply per command line it reads. Replies come from the
+recording when the command matches what was recorded, else ``200 result=1`` (what Asterisk answers to
+any valid ``SET VARIABLE``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TRACES = Path(__file__).parent.parent / "fixtures" / "traces"
+
+
+@dataclass
+class Transcript:
+    header: bytes
+    exchanges: list[tuple[str, list[str]]] = field(default_factory=list)  # (command, reply lines)
+    unsolicited: list[str] = field(default_factory=list)  # e.g. HANGUP before the first reply
+
+    def reply_to(self, command: str) -> list[str]:
+        for cmd, reply in self.exchanges:
+            if cmd == command:
+                return reply
+        return ["200 result=1"]
+
+
+def load(name: str) -> Transcript:
+    """Parse ``<name>.agi.txt`` (first connection) into what Asterisk sent and answered."""
+    header: list[str] = []
+    t = Transcript(b"")
+    in_header = True
+    current: tuple[str, list[str]] | None = None
+    for line in (TRACES / f"{name}.agi.txt").read_text(encoding="utf-8").split("\n"):
+        if not line.startswith("#1 "):
+            continue
+        marker, _, payload = line[3:].partition(" ")
+        if marker == "<<" and in_header:
+            header.append(payload)
+            in_header = payload != ""
+        elif marker == "<<" and current is None:
+            t.unsolicited.append(payload)
+        elif marker == "<<" and current is not None:
+            current[1].append(payload)
+        elif marker == ">>":
+            current = (payload, [])
+            t.exchanges.append(current)
+    t.header = ("\n".join(header) + "\n").encode()
+    return t
+
+
+def header_with(t: Transcript, **overrides: str) -> bytes:
+    lines = t.header.decode().split("\n")
+    out = []
+    for line in lines:
+        key = line.split(":", 1)[0]
+        out.append(f"{key}: {overrides[key]}" if key in overrides else line)
+    return "\n".join(out).encode()
+
+
+async def session(
+    port: int, header: bytes, transcript: Transcript | None = None, timeout: float = 5.0  # noqa: ASYNC109
+) -> list[str]:
+    """Run one FastAGI session against 127.0.0.1:port; return the command lines the server sent."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    commands: list[str] = []
+    try:
+        await _converse(reader, writer, header, transcript, timeout, commands)
+    except (ConnectionResetError, BrokenPipeError):
+        pass  # the server closed with our bytes unread: Asterisk sees AGISTATUS=FAILURE
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            await writer.wait_closed()
+    return commands
+
+
+async def _converse(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, header: bytes,
+    transcript: Transcript | None, timeout: float, commands: list[str],  # noqa: ASYNC109
+) -> None:
+    writer.write(header)
+    if transcript is not None:
+        for line in transcript.unsolicited:
+            writer.write(line.encode() + b"\n")
+    await writer.drain()
+    async with asyncio.timeout(timeout):
+        while True:
+            raw = await reader.readline()
+            if not raw:
+                break
+            command = raw.decode().rstrip("\n")
+            commands.append(command)
+            reply = transcript.reply_to(command) if transcript else ["200 result=1"]
+            writer.write("".join(f"{r}\n" for r in reply).encode())
+            await writer.drain()

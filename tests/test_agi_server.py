@@ -1,0 +1,279 @@
+"""The FastAGI server over real loopback sockets, fed the requests a real Asterisk 22 sent."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+
+from callguard.agi import AgiServer, AgiSession
+from callguard.config import Config
+from callguard.screen_service import ScreenService
+from callguard.screening import parse_schedule
+from callguard.store import Store
+from tests.fakes import asterisk_agi
+from tests.fakes.asterisk_agi import header_with, load, session
+
+SCENARIOS = {
+    # scenario → the verdict callguard must send (lab spam list: +15550000666, +15550000999)
+    "s01_spam_blocked": "spam",
+    "s02_clean_answered": "clean",
+    "s03_queue_timeout": "clean",
+    "s04_caller_abandon": "clean",
+    "s05_queue_no_members": "clean",
+    "s07a_anonymous_empty_cid": "anonymous",
+    "s07b_anonymous_cid": "anonymous",
+    "s09b_redirect": "clean",
+    "s10_short_hangup_before_queue": "clean",
+    "s11_agi_protocol_replies": "clean",
+    "s13_ringgroup_noanswer": "clean",
+    "s14_direct_busy": "clean",
+    "s16_queue_timeout_userevent": "clean",
+}
+
+
+@dataclasses.dataclass
+class Running:
+    server: AgiServer
+    screener: ScreenService
+    store: Store
+
+    @property
+    def port(self) -> int:
+        assert self.server.port is not None
+        return self.server.port
+
+
+async def _start(cfg: Config, store: Store, **agi: object) -> Running:
+    cfg = dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=0, **agi))
+    screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
+    await screener.start()
+    server = AgiServer(cfg.agi, {"screen": screener.handle})
+    await server.start()
+    return Running(server, screener, store)
+
+
+@pytest.fixture
+async def running(cfg: Config, store: Store) -> AsyncIterator[Running]:
+    await store.overrides.upsert_many([("+15550000666", "block", "lab"), ("+15550000999", "block", "lab")])
+    r = await _start(cfg, store)
+    try:
+        yield r
+    finally:
+        await r.server.stop()
+        await r.screener.stop()
+
+
+async def _good_request(r: Running) -> list[str]:
+    started = time.perf_counter()
+    commands = await session(r.port, load("s02_clean_answered").header)
+    assert commands == ["SET VARIABLE CALLGUARD_VERDICT clean"]
+    assert time.perf_counter() - started < 1.0
+    return commands
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+async def test_recorded_request_gets_verdict(running: Running, name: str) -> None:
+    transcript = load(name)
+    commands = await session(running.port, transcript.header, transcript)
+    expected = f"SET VARIABLE CALLGUARD_VERDICT {SCENARIOS[name]}"
+    assert commands == [expected]
+    recorded = [cmd for cmd, _ in transcript.exchanges if cmd.startswith("SET VARIABLE CALLGUARD_VERDICT")]
+    if SCENARIOS[name] in ("clean", "spam"):
+        assert recorded == [expected]  # byte for byte what the lab's server sent
+
+
+async def test_screens_are_recorded_off_the_call_path(running: Running) -> None:
+    await session(running.port, load("s01_spam_blocked").header)
+    await running.screener.stop()  # flushes
+    assert await running.store.screens.verdict_of("1795435927.85") in (None, "spam")
+    uniqueid = load("s01_spam_blocked").header.decode().split("agi_uniqueid: ")[1].split("\n")[0]
+    assert await running.store.screens.verdict_of(uniqueid) == "spam"
+
+
+async def test_known_contact_sets_contact_variables(running: Running) -> None:
+    async with running.store.db.write() as conn:
+        await conn.execute(
+            "INSERT INTO numbers VALUES ('+15551230001', '4711', 'Ivan \"Big\" Petrov', 'Anna', 0, 'amocrm', 1)"
+        )
+    commands = await session(running.port, load("s02_clean_answered").header)
+    assert commands == [
+        "SET VARIABLE CALLGUARD_VERDICT clean",
+        "SET VARIABLE CALLGUARD_CONTACT_ID 4711",
+        'SET VARIABLE CALLGUARD_CONTACT_NAME "Ivan \\"Big\\" Petrov"',
+        "SET VARIABLE CALLGUARD_OWNER Anna",
+    ]
+
+
+async def test_async_hangup_line_is_not_taken_for_the_reply(running: Running) -> None:
+    transcript = load("s10_short_hangup_before_queue")
+    assert transcript.unsolicited == ["HANGUP"]
+    commands = await session(running.port, transcript.header, transcript)
+    assert commands == ["SET VARIABLE CALLGUARD_VERDICT clean"]
+    await _good_request(running)
+
+
+async def test_recorded_reply_formats_over_the_wire(cfg: Config, store: Store) -> None:
+    """s11: the commands the lab sent, answered with the recorded replies, parsed by AgiSession."""
+    transcript = load("s11_agi_protocol_replies")
+    seen = []
+
+    async def probe(s: AgiSession) -> None:
+        for command, _ in transcript.exchanges:
+            seen.append(await s.send_command(command))
+
+    cfg = dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=0))
+    server = AgiServer(cfg.agi, {"screen": probe})
+    await server.start()
+    try:
+        assert server.port is not None
+        await session(server.port, transcript.header, transcript)
+    finally:
+        await server.stop()
+    by_code = [(r.code, r.result, r.data) for r in seen]
+    assert by_code == [
+        (200, "1", "+15551230099"),
+        (200, "1", '"Protocol Test" <+15551230099>'),
+        (200, "1", "s11_agi_protocol_replies"),
+        (200, "0", ""),
+        (200, "1", ""),
+        (200, "4", ""),
+        (510, "", ""),
+        (520, "", ""),
+        (200, "1", ""),
+    ]
+
+
+# --- bad input: each must leave the server answering the next good request -------------------------
+
+
+async def _raw(port: int, payload: bytes, wait: float = 2.0) -> bytes:
+    """Send ``payload``, half-close, return what the server answered before closing.
+
+    A server that closes with our bytes unread makes the kernel send RST: that too is "closed"."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        writer.write_eof()
+        return await asyncio.wait_for(reader.read(), wait)
+    except (ConnectionResetError, BrokenPipeError):
+        return b""
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionResetError, BrokenPipeError):
+            await writer.wait_closed()
+
+
+async def test_truncated_request_then_close(running: Running) -> None:
+    header = load("s02_clean_answered").header
+    assert await _raw(running.port, header[: len(header) // 2]) == b""
+    await _good_request(running)
+
+
+async def test_header_without_blank_line_then_close(running: Running) -> None:
+    # The exact case that freezes panoramisk 1.4's Application.handler.
+    header = load("s02_clean_answered").header.rstrip(b"\n") + b"\n"
+    assert await _raw(running.port, header) == b""
+    await _good_request(running)
+
+
+async def test_request_without_network_script(running: Running) -> None:
+    lines = [ln for ln in load("s02_clean_answered").header.split(b"\n") if b"agi_network_script" not in ln]
+    assert await _raw(running.port, b"\n".join(lines)) == b""
+    await _good_request(running)
+
+
+async def test_unknown_script_is_closed_cleanly(running: Running) -> None:
+    header = header_with(load("s02_clean_answered"), agi_network_script="dial-out")
+    assert await session(running.port, header) == []
+    await _good_request(running)
+
+
+async def test_one_megabyte_header(running: Running) -> None:
+    payload = b"agi_network_script: screen\nagi_x: " + b"9" * (1 << 20) + b"\n\n"
+    assert await _raw(running.port, payload) == b""
+    many_lines = b"agi_network_script: screen\n" + b"agi_x: 1\n" * 200_000 + b"\n"
+    assert await _raw(running.port, many_lines) == b""
+    await _good_request(running)
+
+
+async def test_binary_garbage(running: Running) -> None:
+    assert await _raw(running.port, bytes(range(256)) * 40 + b"\n\n") == b""
+    await _good_request(running)
+
+
+async def test_silent_client_is_timed_out_and_does_not_block_others(cfg: Config, store: Store) -> None:
+    r = await _start(cfg, store, read_timeout_ms=300)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", r.port)
+        await _good_request(r)  # served while the silent client is connected
+        assert await asyncio.wait_for(reader.read(), 3.0) == b""  # then dropped after the read timeout
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        await r.server.stop()
+        await r.screener.stop()
+
+
+async def test_slow_lookup_answers_clean_within_the_deadline(running: Running, monkeypatch) -> None:
+    async def stuck(phone: str | None) -> None:
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(running.store.numbers, "lookup", stuck)
+    started = time.perf_counter()
+    commands = await session(running.port, load("s01_spam_blocked").header)
+    elapsed = time.perf_counter() - started
+    assert commands == ["SET VARIABLE CALLGUARD_VERDICT clean"]
+    assert elapsed < 0.3 + 0.5
+
+
+async def test_internal_error_answers_clean(running: Running, monkeypatch) -> None:
+    async def broken(phone: str | None) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(running.store.numbers, "lookup", broken)
+    assert await session(running.port, load("s01_spam_blocked").header) == [
+        "SET VARIABLE CALLGUARD_VERDICT clean"
+    ]
+
+
+async def test_connection_limit_refuses_beyond_it(cfg: Config, store: Store) -> None:
+    r = await _start(cfg, store, max_connections=1, read_timeout_ms=2000)
+    try:
+        _, idle_writer = await asyncio.open_connection("127.0.0.1", r.port)
+        await asyncio.sleep(0.05)
+        # Over the limit: closed at once, so Asterisk fails open.
+        assert await asyncio.wait_for(session(r.port, load("s02_clean_answered").header), 2) == []
+        idle_writer.close()
+        await idle_writer.wait_closed()
+    finally:
+        await r.server.stop()
+        await r.screener.stop()
+
+
+async def test_stop_drains_in_flight_requests(running: Running, monkeypatch) -> None:
+    gate = asyncio.Event()
+    real_lookup = running.store.numbers.lookup
+
+    async def slow(phone: str | None):  # type: ignore[no-untyped-def]
+        gate.set()
+        await asyncio.sleep(0.1)
+        return await real_lookup(phone)
+
+    monkeypatch.setattr(running.store.numbers, "lookup", slow)
+    call = asyncio.create_task(session(running.port, load("s01_spam_blocked").header))
+    await gate.wait()
+    await running.server.stop()
+    assert await call == ["SET VARIABLE CALLGUARD_VERDICT spam"]
+    assert not running.server.listening
+    with pytest.raises(OSError):
+        await asyncio.open_connection("127.0.0.1", running.port)
+
+
+def test_fixture_transcripts_exist() -> None:
+    assert set(SCENARIOS) <= {p.name.split(".")[0] for p in asterisk_agi.TRACES.glob("*.agi.txt")}
