@@ -97,7 +97,9 @@ class AmiConfig:
     port: int = 5038
     username: str = "callguard"
     secret: str = ""
-    inbound_contexts: list[str] = field(default_factory=lambda: ["from-trunk"])
+    # Where inbound calls start: the shipped context, and the usual trunk context that may Goto it
+    # (a channel's Newchannel names the context it started in).
+    inbound_contexts: list[str] = field(default_factory=lambda: ["callguard-inbound", "from-trunk"])
     ping_interval: Duration = Duration(20.0)
     pong_timeout: Duration = Duration(10.0)
     reconnect_min: Duration = Duration(1.0)

@@ -1,0 +1,106 @@
+"""FastAGI wire parsing, pure: recorded lines and hypothesis."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from callguard.agiproto import parse_reply, parse_request, quote, set_variable
+from callguard.errors import AgiProtocolError
+from tests.fakes.asterisk_agi import load
+
+
+def test_recorded_header_parses() -> None:
+    req = parse_request(load("s02_clean_answered").header)
+    assert req.script == "screen"
+    assert (req.callerid, req.calleridname, req.uniqueid) == ("+15551230001", "Alice", "1795435929.89")
+    assert req.did == "5551000"  # agi_dnid is "unknown" in the lab: agi_extension is the DID
+    assert req.get("agi_accountcode") == ""  # "agi_accountcode: " keeps its empty value
+
+
+def test_did_prefers_explicit_argument_then_dnid() -> None:
+    base = b"agi_network_script: screen\nagi_dnid: 74951234567\nagi_extension: s\n"
+    assert parse_request(base).did == "74951234567"
+    assert parse_request(base + b"agi_arg_1: 5552000\n").did == "5552000"
+    assert parse_request(b"agi_network_script: screen/?x=1\nagi_extension: s\n").did == ""
+
+
+@pytest.mark.parametrize(
+    "block",
+    [b"", b"\n", b"hello\n", b"agi_callerid: 1\n", b"GET / HTTP/1.1\r\nHost: x\r\n", b"agi_network_script screen\n"],
+)
+def test_bad_requests_raise_protocol_error(block: bytes) -> None:
+    with pytest.raises(AgiProtocolError):
+        parse_request(block)
+
+
+@pytest.mark.parametrize(
+    ("line", "code", "result", "data"),
+    [
+        ("200 result=1", 200, "1", ""),
+        ("200 result=1 (+15551230099)", 200, "1", "+15551230099"),
+        ('200 result=1 ("Protocol Test" <+15551230099>)', 200, "1", '"Protocol Test" <+15551230099>'),
+        ("200 result=0", 200, "0", ""),
+        ("200 result=4", 200, "4", ""),
+        ("200 result=-1", 200, "-1", ""),
+        ("510 Invalid or unknown command", 510, "", ""),
+        ("520-Invalid command syntax.  Proper usage follows:", 520, "", ""),
+        ("520 End of proper usage.", 520, "", ""),
+        ("100 result=0 Trying...", 100, "", ""),
+    ],
+)
+def test_recorded_replies(line: str, code: int, result: str, data: str) -> None:
+    reply = parse_reply(line)
+    assert (reply.code, reply.result, reply.data) == (code, result, data)
+    assert reply.ok == (code == 200 and result != "-1")
+
+
+@pytest.mark.parametrize("line", ["", "HANGUP", "ok", "20", "abc result=1"])
+def test_garbage_replies(line: str) -> None:
+    with pytest.raises(AgiProtocolError):
+        parse_reply(line)
+
+
+def test_set_variable_quoting() -> None:
+    assert set_variable("CALLGUARD_VERDICT", "spam") == "SET VARIABLE CALLGUARD_VERDICT spam"
+    assert set_variable("X", 'Иван "Big"\nPetrov\\') == 'SET VARIABLE X "Иван \\"Big\\" Petrov\\\\"'
+    assert set_variable("X", "") == 'SET VARIABLE X ""'
+    with pytest.raises(ValueError, match="variable name"):
+        set_variable("BAD NAME", "x")
+
+
+_header_names = st.from_regex(r"agi_[a-z_]{1,20}", fullmatch=True)
+_header_values = st.text(alphabet=st.characters(blacklist_categories=("Cc", "Cs")), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_header_names, _header_values, max_size=25), _header_values)
+def test_header_round_trip(headers: dict[str, str], script: str) -> None:
+    headers["agi_network_script"] = script
+    block = "".join(f"{k}: {v}\n" for k, v in headers.items()).encode()
+    req = parse_request(block)
+    assert dict(req.headers) == headers
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=2000))
+def test_any_bytes_parse_or_raise_protocol_error(block: bytes) -> None:
+    with contextlib.suppress(AgiProtocolError):
+        parse_request(block)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_any_reply_parses_or_raises_protocol_error(line: str) -> None:
+    with contextlib.suppress(AgiProtocolError):
+        parse_reply(line)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_quote_is_one_safe_line(value: str) -> None:
+    q = quote(value)
+    assert "\n" not in q and "\r" not in q and q.startswith('"') and q.endswith('"')
