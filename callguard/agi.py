@@ -82,24 +82,22 @@ class FastAgiApplication(fast_agi.Application):  # type: ignore[misc]
         self._route[path] = endpoint
 
     async def read_request(self, reader: asyncio.StreamReader) -> AgiRequest:
-        """Header lines up to the empty line, within ``read_timeout_ms`` and ``max_header_bytes``."""
-        block = bytearray()
+        """The header block up to the empty line, within ``read_timeout_ms`` and ``max_header_bytes``.
+
+        Asterisk ends header lines with a bare ``\\n`` (res_agi.c setup_env), so the block ends at the
+        first ``\\n\\n``; one ``readuntil`` with the stream's limit = the header bound reads it.
+        """
         async with asyncio.timeout(self.cfg.read_timeout_ms / 1000):
-            while True:
-                try:
-                    line = await reader.readuntil(b"\n")
-                except asyncio.IncompleteReadError as e:
-                    raise AgiProtocolError(
-                        "connection closed before the end of the request" if block or e.partial
-                        else "connection closed without a request"
-                    ) from e
-                except asyncio.LimitOverrunError as e:
-                    raise AgiProtocolError("request header line too long") from e
-                if line in (b"\n", b"\r\n"):
-                    return parse_request(bytes(block))
-                block += line
-                if len(block) > self.cfg.max_header_bytes:
-                    raise AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes")
+            try:
+                block = await reader.readuntil(b"\n\n")
+            except asyncio.IncompleteReadError as e:
+                raise AgiProtocolError(
+                    "connection closed before the end of the request" if e.partial
+                    else "connection closed without a request"
+                ) from e
+            except asyncio.LimitOverrunError as e:
+                raise AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes") from e
+        return parse_request(block)
 
     async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -150,7 +148,7 @@ class AgiServer:
             self.app.add_route(path, endpoint)
         self._server = await asyncio.start_server(
             self._accept, self.cfg.host, self.cfg.port,
-            limit=max(self.cfg.max_header_bytes, 4096), reuse_address=True, backlog=512,
+            limit=self.cfg.max_header_bytes, reuse_address=True, backlog=512,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         log.info("agi_listening", host=self.cfg.host, port=self.port, deadline_ms=self.cfg.deadline_ms)

@@ -6,6 +6,7 @@ renderer: any key named like a secret is masked by ``_mask_secrets`` as a last l
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from collections.abc import MutableMapping
@@ -17,10 +18,15 @@ _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key", "api
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_secret_key(key: str) -> bool:
+    lowered = key.lower()
+    return any(w in lowered for w in _SECRET_WORDS)
+
+
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     for key in list(event):
-        lowered = key.lower()
-        if any(w in lowered for w in _SECRET_WORDS) and event[key]:
+        if _is_secret_key(key) and event[key]:
             event[key] = "***"
     return event
 

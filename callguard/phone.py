@@ -41,7 +41,6 @@ class Phone:
     raw: str
     e164: str | None = None  # set for numbers the plan knows, or that came with a "+"
     digits: str | None = None
-    valid: bool = False  # True when the numbering plan knows the range (not just a possible length)
 
     @property
     def key(self) -> str | None:
@@ -107,13 +106,13 @@ def _normalise(raw: str, region: str, max_extension_digits: int) -> Phone:
         return Phone(Kind.INVALID, raw)
     if not phonenumbers.is_possible_number(parsed):
         return Phone(Kind.INVALID, raw)
-    valid = phonenumbers.is_valid_number(parsed)
-    if not valid and not text.startswith("+"):
-        # A local number the plan does not know (``5551000``): guessing a country code would invent
-        # a number, so it stays the digits as sent.
+    reason = phonenumbers.is_possible_number_with_reason(parsed)
+    if reason == phonenumbers.ValidationResult.IS_POSSIBLE_LOCAL_ONLY:
+        # A local number without its area code (``5551000``): adding a country code would invent a
+        # number that is not the caller's, so it stays the digits as sent.
         return Phone(Kind.NUMBER, raw, digits=digits)
     e164 = phonenumbers.format_number(parsed, phonenumbers.PhoneNumberFormat.E164)
-    return Phone(Kind.NUMBER, raw, e164=e164, digits=digits, valid=valid)
+    return Phone(Kind.NUMBER, raw, e164=e164, digits=digits)
 
 
 def to_e164(raw: str | None, region: str = "RU") -> str | None:

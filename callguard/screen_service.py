@@ -107,9 +107,8 @@ class ScreenService:
         req = session.request
         fault = ""
         try:
-            phone, decision = await asyncio.wait_for(
-                self.check(req.callerid, req.did), self.cfg.agi.deadline_ms / 1000
-            )
+            async with asyncio.timeout(self.cfg.agi.deadline_ms / 1000):
+                phone, decision = await self.check(req.callerid, req.did)
         except TimeoutError:
             fault = "deadline"
             metrics.AGI_TIMEOUTS.inc()

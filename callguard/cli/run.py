@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 from callguard import log
-from callguard.app import Service
+from callguard.app import Service, run_loop
 from callguard.config import Config
 
 
@@ -17,4 +16,4 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def handle(args: argparse.Namespace, cfg: Config) -> int:
     log.configure(cfg.log.format, cfg.log.level)
-    return asyncio.run(Service(cfg).run_until_signal())
+    return run_loop(Service(cfg).run_until_signal())

@@ -42,10 +42,10 @@ class Numbers:
         self.db = db
 
     async def lookup(self, phone: str | None) -> Lookup:
+        """The screening read: synchronous on the loop thread by design (see ``store.db``)."""
         if not phone:
             return EMPTY
-        async with self.db.reader.execute(_LOOKUP_SQL, (phone,)) as cur:
-            row = await cur.fetchone()
+        row = self.db.hot.execute(_LOOKUP_SQL, (phone,)).fetchone()
         if row is None:
             return EMPTY
         action, note, contact_id, name, owner, spam, source = row
