@@ -83,3 +83,7 @@ class SinkError(CallguardError):
     def __init__(self, message: str, permanent: bool = False) -> None:
         self.permanent = permanent
         super().__init__(message)
+
+
+class AmiProtocolError(AmiError):
+    """An AMI peer sent bytes that are not a valid AMI frame (no ``Key: value`` lines, oversize)."""

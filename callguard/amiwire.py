@@ -1,0 +1,111 @@
+"""AMI wire format, pure: bytes in, frames (``dict[str, str]``) out. No sockets (STYLE.md rule 1).
+
+Asterisk's manager protocol (manager.c): one banner line ``Asterisk Call Manager/X.Y.Z\\r\\n``, then
+messages of ``Key: value\\r\\n`` lines, each message ended by an empty line (``\\r\\n\\r\\n``). Keys are
+kept as sent (Asterisk spells them consistently); a repeated key keeps its last value, which no event
+callguard reads depends on.
+"""
+
+from __future__ import annotations
+
+from callguard.errors import AmiProtocolError
+
+Frame = dict[str, str]
+
+BANNER_PREFIX = "Asterisk Call Manager/"
+EOM = b"\r\n\r\n"
+# Bigger than any event Asterisk sends (a Cdr or a QueueStatus entry is ~1 KiB); a peer that streams
+# more than this without an end of message is not speaking AMI.
+MAX_FRAME_BYTES = 65536
+
+
+def parse_banner(line: bytes | str) -> str:
+    """``Asterisk Call Manager/11.0.0`` → ``"11.0.0"``; anything else is a protocol error."""
+    text = line.decode("latin-1") if isinstance(line, bytes) else line
+    text = text.strip()
+    if not text.startswith(BANNER_PREFIX):
+        raise AmiProtocolError(f"not an AMI banner: {text[:60]!r}")
+    return text[len(BANNER_PREFIX):]
+
+
+def parse_frame(data: bytes | str) -> Frame:
+    """One message (without its terminating empty line) → its headers. Raise on lines without ``: ``."""
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
+    frame: Frame = {}
+    for line in text.split("\r\n"):
+        key, sep, value = line.partition(": ")
+        if not sep:
+            if not line.strip():
+                continue  # a stray empty line (some Asterisk versions send one extra \r\n)
+            key, sep, value = line.partition(":")  # "Key:" with an empty value
+            if not sep or not key or " " in key:
+                raise AmiProtocolError(f"bad AMI line: {line[:80]!r}")
+        frame[key] = value
+    if not frame:
+        raise AmiProtocolError("empty AMI frame")
+    return frame
+
+
+class FrameFeeder:
+    """Incremental parser for one connection: ``feed(chunk)`` returns the whole frames it completed.
+
+    A garbage frame is skipped and counted (``bad_frames``, ``last_error``) so one bad message does not
+    cost the link; a peer that exceeds ``max_frame_bytes`` without ending a message raises.
+    """
+
+    __slots__ = ("_buf", "bad_frames", "banner", "last_error", "max_frame_bytes")
+
+    def __init__(self, expect_banner: bool = True, max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._buf = b""
+        self.banner: str | None = None if expect_banner else ""
+        self.bad_frames = 0
+        self.last_error = ""
+        self.max_frame_bytes = max_frame_bytes
+
+    def feed(self, chunk: bytes) -> list[Frame]:
+        buf = self._buf + chunk if self._buf else chunk
+        if self.banner is None:
+            nl = buf.find(b"\r\n")
+            if nl < 0:
+                self._check_size(buf)
+                self._buf = buf
+                return []
+            self.banner = parse_banner(buf[:nl])
+            buf = buf[nl + 2:]
+        parts = buf.split(EOM)
+        self._buf = parts.pop()
+        self._check_size(self._buf)
+        out: list[Frame] = []
+        for part in parts:
+            if not part:
+                continue
+            try:
+                out.append(parse_frame(part))
+            except AmiProtocolError as e:
+                self.bad_frames += 1
+                self.last_error = str(e)
+        return out
+
+    def _check_size(self, pending: bytes) -> None:
+        if len(pending) > self.max_frame_bytes:
+            self._buf = b""
+            raise AmiProtocolError(f"AMI message longer than {self.max_frame_bytes} bytes without an end")
+
+
+def parse_stream(data: bytes) -> tuple[str, list[Frame]]:
+    """A whole capture (the ``*.ami.txt`` trace format) → (banner version, frames)."""
+    feeder = FrameFeeder()
+    frames = feeder.feed(data)
+    if feeder.banner is None:
+        raise AmiProtocolError("capture has no AMI banner line")
+    return feeder.banner, frames
+
+
+def encode_action(fields: dict[str, str]) -> bytes:
+    """An action as Asterisk reads it; values must not contain line breaks (they would inject headers)."""
+    lines = []
+    for k, v in fields.items():
+        if "\r" in v or "\n" in v or "\r" in k or "\n" in k:
+            raise AmiProtocolError(f"line break in AMI action field {k!r}")
+        lines.append(f"{k}: {v}\r\n")
+    return ("".join(lines) + "\r\n").encode()

@@ -1,0 +1,400 @@
+"""The call tracker, pure: AMI frames (and FastAGI screens) in, ``CallOutcome``s out. No I/O, no clock.
+
+A call is the set of channels sharing a Linkedid (DESIGN.md, the call model). It starts when a channel
+shows up in one of ``ami.inbound_contexts``; every later channel with the same Linkedid (Local halves,
+queue members, transfer targets) belongs to it, and it ends when its last known channel hangs up. The
+channel technology never matters: the lab's caller is ``Local/…;2``, a real PBX's ``PJSIP/trunk-…``.
+
+What the recordings (tests/fixtures/traces, Asterisk 22.10.1) show and this module relies on:
+- answered = ``AgentConnect`` for the call, or a ``DialEnd ANSWER`` from a caller channel followed by that
+  channel entering a bridge (an IVR ``Answer()`` has neither). ``AgentRingNoAnswer`` is not final.
+- ``QueueCallerAbandon`` comes for a caller hang-up, a queue timeout and leave-when-empty alike; the caller
+  left only if a (Soft)HangupRequest on a caller channel came while it was in the queue. ``QUEUESTATUS``
+  arrives as ``VarSet`` (``dialplan`` class) or as the shipped dialplan's ``UserEvent CallguardQueue``.
+- join-empty and a hang-up during screening give no Queue*/Agent* events at all.
+- after a ``Redirect``, ``AgentComplete`` may come late without channel fields: ignored (no Linkedid).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from callguard.amiwire import Frame
+from callguard.config import Config
+from callguard.leads import MissedCall
+from callguard.phone import normalise
+from callguard.store.screens import ScreenRecord
+
+
+class Outcome(StrEnum):
+    ANSWERED = "answered"
+    MISSED = "missed"
+    SPAM = "spam"
+    SHORT = "short"  # unanswered but shorter than missed.min_ring_seconds: not a lead
+    LOST = "lost"  # events went missing (AMI link down, stale): logged, never a lead
+
+
+# QUEUESTATUS (app_queue) → missed reason. CONTINUE says nothing about why: fall through to inference.
+QUEUE_REASONS = {
+    "TIMEOUT": "timeout",
+    "FULL": "no_agents",
+    "JOINEMPTY": "no_agents",
+    "LEAVEEMPTY": "no_agents",
+    "JOINUNAVAIL": "no_agents",
+    "LEAVEUNAVAIL": "no_agents",
+    "WITHDRAW": "abandoned",
+}
+# DIALSTATUS (app_dial) → missed reason.
+DIAL_REASONS = {
+    "NOANSWER": "no_answer",
+    "CHANUNAVAIL": "no_answer",
+    "CONGESTION": "no_answer",
+    "BUSY": "busy",
+    "CANCEL": "abandoned",
+}
+_NO_CALLER = ("", "<unknown>")
+SWEEP_EVERY = 1.0  # seconds of event time between stale sweeps
+DONE_MEMORY = 20_000  # finished Linkedids remembered so late events do not start a phantom call
+PENDING_SCREENS = 10_000  # screens whose channel AMI has not shown yet
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    linkedid: str
+    uniqueid: str  # the caller channel that ran the dialplan (= agi_uniqueid)
+    caller: str
+    did: str
+    verdict: str
+    outcome: Outcome
+    reason: str
+    started_at: float
+    ended_at: float
+    wait_s: float
+    caller_name: str = ""
+    contact_id: str = ""
+
+    @property
+    def is_lead(self) -> bool:
+        return self.outcome is Outcome.MISSED
+
+    def to_missed(self) -> MissedCall:
+        return MissedCall(
+            linkedid=self.linkedid, caller=self.caller, did=self.did, reason=self.reason,
+            started_at=self.started_at, ended_at=self.ended_at, wait_s=self.wait_s,
+            caller_name=self.caller_name, contact_id=self.contact_id,
+        )
+
+
+@dataclass(slots=True)
+class _Call:
+    linkedid: str
+    started_at: float
+    last_at: float
+    channels: set[str] = field(default_factory=set)
+    inbound: set[str] = field(default_factory=set)  # caller-side channels (started in an inbound context)
+    uniqueid: str = ""
+    caller_raw: str = ""
+    caller_name: str = ""
+    did_raw: str = ""
+    screen_caller: str = ""
+    screen_did: str = ""
+    verdict: str = ""
+    contact_id: str = ""
+    in_queue: bool = False
+    joined_queue: bool = False
+    left_queue_by_hangup: bool = False
+    queue_status: str = ""
+    dial_status: str = ""
+    dial_ends: set[str] = field(default_factory=set)
+    dial_answered: bool = False
+    answered_at: float | None = None
+    closed: bool = False
+    cause21: bool = False
+    caller_left_at: float | None = None
+    gap: bool = False
+
+
+class CallTracker:
+    def __init__(self, cfg: Config) -> None:
+        self.inbound_contexts = frozenset(cfg.ami.inbound_contexts)
+        self.stale_after = float(cfg.calls.stale_after)
+        self.max_calls = cfg.calls.max_calls
+        self.min_ring = float(cfg.missed.min_ring_seconds)
+        self.region = cfg.phone.default_region
+        self.ext_digits = cfg.phone.max_extension_digits
+        self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
+        self._chan: dict[str, str] = {}  # uniqueid → linkedid, live channels of tracked calls
+        self._done: OrderedDict[str, None] = OrderedDict()
+        self._pending: OrderedDict[str, ScreenRecord] = OrderedDict()
+        self._last_sweep = 0.0
+        self.events = 0
+        self.ignored = 0
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    # --- input --------------------------------------------------------------------------------------
+
+    def feed(self, frame: Frame, now: float) -> list[CallOutcome]:
+        """One AMI event (``now`` = when it arrived; ``Timestamp:`` wins when Asterisk sends it)."""
+        self.events += 1
+        ts = frame.get("Timestamp")
+        if ts:
+            with contextlib.suppress(ValueError):
+                stamped = float(ts)
+                if math.isfinite(stamped):
+                    now = stamped
+        out: list[CallOutcome] = []
+        if now - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = now
+            out.extend(self.expire(now))
+        lid = frame.get("Linkedid")
+        if not lid:
+            self.ignored += 1
+            return out
+        call = self._calls.get(lid)
+        if call is None:
+            call = self._maybe_start(frame, lid, now)
+            if call is None:
+                self.ignored += 1
+                return out
+        else:
+            self._calls.move_to_end(lid)
+        call.last_at = now
+        handler = _HANDLERS.get(frame.get("Event", ""))
+        uid = frame.get("Uniqueid", "")
+        if uid and uid not in call.channels and handler is not _on_hangup:
+            self._add_channel(call, uid, frame)
+        if handler is not None:
+            handler(call, frame, uid, now)
+        if uid in call.inbound:
+            _note_caller(call, frame)
+        if handler is _on_hangup:
+            self._chan.pop(uid, None)
+            if not call.channels:
+                out.append(self._finish(call, now))
+        return out
+
+    def screen(self, record: ScreenRecord) -> None:
+        """A FastAGI verdict (``ScreenService.subscribe``): tied to its call by the caller's Uniqueid."""
+        lid = self._chan.get(record.uniqueid)
+        call = self._calls.get(lid) if lid else None
+        if call is None:
+            self._pending[record.uniqueid] = record
+            while len(self._pending) > PENDING_SCREENS:
+                self._pending.popitem(last=False)
+            return
+        _apply_screen(call, record)
+
+    def link_lost(self) -> None:
+        """The AMI link dropped: events of every open call may be missing, so none may become a lead."""
+        for call in self._calls.values():
+            call.gap = True
+
+    def expire(self, now: float) -> list[CallOutcome]:
+        """Calls with no event for ``stale_after`` (and the oldest beyond ``max_calls``) end as lost."""
+        out: list[CallOutcome] = []
+        limit = now - self.stale_after
+        while self._calls:
+            call = next(iter(self._calls.values()))
+            if call.last_at > limit and len(self._calls) <= self.max_calls:
+                break
+            reason = "stale" if call.last_at <= limit else "overflow"
+            out.append(self._finish(call, now, lost=reason))
+        return out
+
+    def drain(self, now: float) -> list[CallOutcome]:
+        """Shutdown: every open call ends as lost (its end will never be seen by this process)."""
+        return [self._finish(call, now, lost="shutdown") for call in list(self._calls.values())]
+
+    # --- bookkeeping --------------------------------------------------------------------------------
+
+    def _maybe_start(self, frame: Frame, lid: str, now: float) -> _Call | None:
+        if frame.get("Context") not in self.inbound_contexts or lid in self._done:
+            return None
+        if frame.get("Event") in ("Hangup", "Cdr"):
+            return None
+        call = _Call(lid, now, now)
+        self._calls[lid] = call
+        return call
+
+    def _add_channel(self, call: _Call, uid: str, frame: Frame) -> None:
+        call.channels.add(uid)
+        self._chan[uid] = call.linkedid
+        if frame.get("Context") in self.inbound_contexts:
+            call.inbound.add(uid)
+            if not call.uniqueid:
+                call.uniqueid = uid
+            exten = frame.get("Exten", "")
+            if not call.did_raw and exten not in ("", "s"):
+                call.did_raw = exten
+        record = self._pending.pop(uid, None)
+        if record is not None:
+            _apply_screen(call, record)
+
+    def _finish(self, call: _Call, now: float, lost: str = "") -> CallOutcome:
+        del self._calls[call.linkedid]
+        for uid in call.channels:
+            self._chan.pop(uid, None)
+        self._done[call.linkedid] = None
+        if len(self._done) > DONE_MEMORY:
+            self._done.popitem(last=False)
+        outcome, reason = (Outcome.LOST, lost) if lost else self._classify(call, now)
+        ended = call.caller_left_at or now
+        waited_until = call.answered_at if call.answered_at is not None else ended
+        return CallOutcome(
+            linkedid=call.linkedid, uniqueid=call.uniqueid, caller=self._caller(call), did=self._did(call),
+            verdict=call.verdict, outcome=outcome, reason=reason, started_at=call.started_at,
+            ended_at=ended, wait_s=round(max(0.0, waited_until - call.started_at), 3),
+            caller_name=call.caller_name, contact_id=call.contact_id,
+        )
+
+    def _classify(self, call: _Call, now: float) -> tuple[Outcome, str]:
+        if call.answered_at is not None:
+            return Outcome.ANSWERED, "queue" if call.joined_queue else "dial"
+        if call.verdict == "spam" or (not call.verdict and call.cause21):
+            return Outcome.SPAM, "screened"
+        if call.gap:
+            return Outcome.LOST, "events_lost"
+        reason = _missed_reason(call)
+        if (call.caller_left_at or now) - call.started_at < self.min_ring:
+            return Outcome.SHORT, reason
+        return Outcome.MISSED, reason
+
+    def _caller(self, call: _Call) -> str:
+        if call.screen_caller:
+            return call.screen_caller
+        return normalise(call.caller_raw, self.region, self.ext_digits).display
+
+    def _did(self, call: _Call) -> str:
+        if call.screen_did:
+            return call.screen_did
+        return normalise(call.did_raw, self.region, self.ext_digits).key or call.did_raw
+
+
+def _missed_reason(call: _Call) -> str:
+    if call.verdict == "closed" or call.closed:
+        return "after_hours"
+    if call.left_queue_by_hangup:
+        return "abandoned"
+    if call.queue_status in QUEUE_REASONS:
+        return QUEUE_REASONS[call.queue_status]
+    if call.joined_queue:
+        return "timeout"  # the queue let go of a caller who had not hung up
+    if call.dial_status in DIAL_REASONS:
+        return DIAL_REASONS[call.dial_status]
+    for status in ("BUSY", "NOANSWER", "CHANUNAVAIL", "CONGESTION", "CANCEL"):
+        if status in call.dial_ends:
+            return DIAL_REASONS[status]
+    return "hangup_before_queue"
+
+
+def _apply_screen(call: _Call, record: ScreenRecord) -> None:
+    call.verdict = record.verdict
+    call.screen_caller = record.caller
+    call.screen_did = record.did
+    call.uniqueid = record.uniqueid
+
+
+def _note_caller(call: _Call, frame: Frame) -> None:
+    if call.caller_raw in _NO_CALLER:
+        num = frame.get("CallerIDNum", "")
+        if num not in _NO_CALLER:
+            call.caller_raw = num
+    if not call.caller_name:
+        name = frame.get("CallerIDName", "")
+        if name not in _NO_CALLER:
+            call.caller_name = name[:80]
+
+
+# --- event handlers: (call, frame, uniqueid, now) ------------------------------------------------------
+
+
+def _on_varset(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    name, value = frame.get("Variable", ""), frame.get("Value", "")
+    if not value:
+        return  # Dial() clears DIALSTATUS before it starts
+    if name == "CALLGUARD_VERDICT":
+        call.verdict = value
+        if uid in call.inbound:
+            call.uniqueid = uid
+    elif name == "QUEUESTATUS":
+        call.queue_status = value
+    elif name == "DIALSTATUS":
+        call.dial_status = value
+        if value == "ANSWER" and call.dial_answered and call.answered_at is None:
+            call.answered_at = now
+    elif name == "CALLGUARD_CONTACT_ID":
+        call.contact_id = value
+
+
+def _on_userevent(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    kind, status = frame.get("UserEvent", ""), frame.get("Status", "")
+    if kind == "CallguardQueue" and status:
+        call.queue_status = status
+    elif kind == "CallguardDial" and status:
+        call.dial_status = status
+    elif kind == "CallguardClosed":
+        call.closed = True
+
+
+def _on_queue_join(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    call.in_queue = call.joined_queue = True
+    if uid in call.inbound:
+        call.uniqueid = uid
+
+
+def _on_queue_leave(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    call.in_queue = False
+
+
+def _on_hangup_request(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    if call.in_queue and uid in call.inbound:
+        call.left_queue_by_hangup = True
+
+
+def _on_agent_connect(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    if call.answered_at is None:
+        call.answered_at = now
+
+
+def _on_dial_end(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    if uid not in call.inbound:
+        return  # a queue member's own legs, or an Originate's
+    status = frame.get("DialStatus", "")
+    if status == "ANSWER":
+        call.dial_answered = True
+    elif status:
+        call.dial_ends.add(status)
+
+
+def _on_bridge_enter(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    if call.dial_answered and uid in call.inbound and call.answered_at is None:
+        call.answered_at = now
+
+
+def _on_hangup(call: _Call, frame: Frame, uid: str, now: float) -> None:
+    call.channels.discard(uid)
+    if uid in call.inbound:
+        if call.caller_left_at is None:
+            call.caller_left_at = now
+        if frame.get("Cause") == "21":
+            call.cause21 = True
+
+
+_HANDLERS = {
+    "VarSet": _on_varset,
+    "UserEvent": _on_userevent,
+    "QueueCallerJoin": _on_queue_join,
+    "QueueCallerLeave": _on_queue_leave,
+    "HangupRequest": _on_hangup_request,
+    "SoftHangupRequest": _on_hangup_request,
+    "AgentConnect": _on_agent_connect,
+    "DialEnd": _on_dial_end,
+    "BridgeEnter": _on_bridge_enter,
+    "Hangup": _on_hangup,
+}
