@@ -1,0 +1,183 @@
+"""The AMI client against a fake Asterisk speaking the recorded bytes over real loopback sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+from structlog.testing import capture_logs
+
+from callguard.ami import AmiClient
+from callguard.amiwire import Frame
+from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.config import AmiConfig, Config
+from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, frames
+
+
+def ami_cfg(cfg: Config, port: int, **kw: float) -> AmiConfig:
+    base = {"reconnect_min": 0.01, "reconnect_max": 0.05, "connect_timeout": 2.0, "ping_interval": 30.0,
+            "pong_timeout": 5.0}
+    base.update(kw)
+    return dataclasses.replace(cfg.ami, enabled=True, port=port, secret="secret", **base)
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.frames: list[tuple[Frame, float]] = []
+        self.changed = asyncio.Event()
+        self.lost = 0
+
+    def __call__(self, frame: Frame, now: float) -> None:
+        self.frames.append((frame, now))
+        self.changed.set()
+
+    def link_lost(self) -> None:
+        self.lost += 1
+        self.changed.set()
+
+    async def until(self, cond: Callable[[], bool], limit: float = 5.0) -> None:
+        async with asyncio.timeout(limit):
+            while not cond():
+                self.changed.clear()
+                # events wake us at once; client state (reconnects, logins) is re-checked every 10 ms
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.changed.wait(), 0.01)
+
+
+@pytest.fixture
+async def fakes() -> AsyncIterator[list[FakeAsterisk]]:
+    started: list[FakeAsterisk] = []
+    yield started
+    for f in started:
+        await f.stop()
+
+
+async def serve(fakes: list[FakeAsterisk], *scripts: Script) -> FakeAsterisk:
+    fake = await FakeAsterisk(list(scripts)).start()
+    fakes.append(fake)
+    return fake
+
+
+async def test_events_arrive_in_recorded_order(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    fake = await serve(fakes, Script(events_after_login("s02_clean_answered")))
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, fake.port), got)
+    await client.start()
+    try:
+        want = [f for f in frames("s02_clean_answered") if "Event" in f]
+        await got.until(lambda: len(got.frames) >= len(want))
+        assert [f for f, _ in got.frames] == want
+        assert client.connected and client.logins == 1 and client.version == "11.0.0"
+        assert fake.logins[0]["Username"] == "callguard" and fake.logins[0]["Secret"] == "secret"
+    finally:
+        await client.stop()
+    assert not client.connected
+    assert any(a.get("Action") == "Logoff" for a in fake.actions)
+
+
+async def test_rejected_login_keeps_retrying_and_says_why(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    fake = await serve(fakes, Script(reject=True))
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, fake.port), got)
+    await client.start()
+    try:
+        await got.until(lambda: fake.connections >= 3 and client.reconnects >= 2)
+        assert not client.connected and client.logins == 0
+        assert "Authentication failed" in client.last_error
+    finally:
+        await client.stop()
+
+
+async def test_connection_refused_is_retried(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    fake = await serve(fakes, Script())
+    port = fake.port
+    await fake.stop()
+    fakes.clear()
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, port), got)
+    await client.start()
+    try:
+        await got.until(lambda: client.reconnects >= 3)
+        assert not client.connected and client.last_error
+    finally:
+        await client.stop()
+
+
+async def test_link_drop_mid_call_reconnects_relogs_in_and_never_makes_a_phantom_lead(
+    cfg: Config, fakes: list[FakeAsterisk]
+) -> None:
+    body = events_after_login("s03_queue_timeout")
+    cut = body.index(b"Event: QueueCallerJoin")  # the link dies while the caller waits in the queue
+    fake = await serve(fakes, Script(body[:cut], drop=True), Script(events_after_login("s04_caller_abandon")))
+    cfg = dataclasses.replace(cfg, calls=dataclasses.replace(cfg.calls, stale_after=0.3))
+    tracker = CallTracker(cfg)
+    outcomes: list[CallOutcome] = []
+    got = Collector()
+
+    def on_event(frame: Frame, now: float) -> None:
+        outcomes.extend(tracker.feed(frame, now))
+        got(frame, now)
+
+    def on_lost() -> None:
+        tracker.link_lost()
+        got.link_lost()
+
+    client = AmiClient(ami_cfg(cfg, fake.port), on_event, on_lost)
+    await client.start()
+    try:
+        await got.until(lambda: any(o.reason == "abandoned" for o in outcomes))
+        assert fake.logins and len(fake.logins) == 2 and client.logins == 2
+        assert got.lost == 1 and client.reconnects >= 1 and client.connected
+        await asyncio.sleep(0.35)
+        outcomes.extend(tracker.expire(time.time()))
+    finally:
+        await client.stop()
+    by_call = {o.linkedid: (o.outcome, o.reason) for o in outcomes}
+    assert by_call == {"1795435939.94": (Outcome.LOST, "stale"), "1795435962.104": (Outcome.MISSED, "abandoned")}
+
+
+async def test_half_open_link_is_detected_by_the_pong_deadline(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    fake = await serve(fakes, Script(silent=True), Script())
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, fake.port, ping_interval=0.05, pong_timeout=0.1), got, got.link_lost)
+    with capture_logs() as logs:
+        await client.start()
+        await got.until(lambda: got.lost >= 1 and client.logins >= 2)
+    try:
+        assert any(e["event"] == "ami_pong_timeout" for e in logs)
+        assert fake.connections >= 2
+        pings = [a for a in fake.actions if a.get("Action") == "Ping"]
+        assert pings
+    finally:
+        await client.stop()
+
+
+async def test_answered_pings_keep_the_link(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    fake = await serve(fakes, Script())
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, fake.port, ping_interval=0.02, pong_timeout=0.5), got, got.link_lost)
+    await client.start()
+    try:
+        await got.until(lambda: sum(a.get("Action") == "Ping" for a in fake.actions) >= 5)
+        assert client.connected and got.lost == 0 and client.logins == 1
+    finally:
+        await client.stop()
+
+
+async def test_garbage_from_the_peer_is_counted_not_fatal(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    body = b"this is not ami\r\n\r\n\x00\x01\x02\r\n\r\n" + events_after_login("s14_direct_busy")
+    fake = await serve(fakes, Script(body))
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, fake.port), got)
+    await client.start()
+    try:
+        want = [f for f in frames("s14_direct_busy") if "Event" in f]
+        await got.until(lambda: len(got.frames) >= len(want))
+        assert [f for f, _ in got.frames] == want
+        assert client.connected and client.logins == 1
+    finally:
+        await client.stop()
