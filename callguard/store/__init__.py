@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from callguard.store.calls import Calls
 from callguard.store.db import Database
 from callguard.store.numbers import Contact, Lookup, Numbers
+from callguard.store.outbox import Outbox
 from callguard.store.overrides import Override, Overrides
 from callguard.store.screens import Screens
+from callguard.store.stats import Stats
 
 __all__ = ["Contact", "Database", "Lookup", "Override", "Store"]
 
@@ -21,6 +24,9 @@ class Store:
         self.numbers = Numbers(db)
         self.overrides = Overrides(db)
         self.screens = Screens(db)
+        self.calls = Calls(db)
+        self.outbox = Outbox(db)
+        self.stats = Stats(db)
 
     @classmethod
     async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Store:

@@ -1,0 +1,113 @@
+"""``callguard stats [--since 7d] [--by day|did|reason] [--json]``: blocked spam and missed calls.
+
+"How many spam calls did we block and how many calls did we miss last week, by number?" is
+``callguard stats --since 7d --by did``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from callguard.config import Config, parse_duration
+from callguard.errors import ConfigError
+from callguard.store import Store
+from callguard.store.stats import GroupBy, Report, Row
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("stats", help="screened calls, spam blocked, missed calls by reason and DID")
+    p.add_argument("--since", default="7d", help="window back from now: 24h, 7d, 30d … (default 7d)")
+    p.add_argument("--by", choices=("day", "did", "reason"), help="one row per day, DID or reason")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=handle)
+
+
+async def collect(cfg: Config, since_s: float, by: GroupBy | None, now: float | None = None) -> Report:
+    """The report over ``[now - since_s, now)``; days are calendar days in ``hours.timezone``."""
+    now = time.time() if now is None else now
+    store = await Store.open(cfg.store.path, cfg.store.busy_timeout_ms)
+    try:
+        return await store.stats.report(now - since_s, now, by, ZoneInfo(cfg.hours.timezone))
+    finally:
+        await store.close()
+
+
+def handle(args: argparse.Namespace, cfg: Config) -> int:
+    since = parse_duration(args.since, "--since")
+    if since <= 0:
+        raise ConfigError("must be longer than zero", "--since")
+    report = asyncio.run(collect(cfg, since, args.by))
+    if args.json:
+        print(json.dumps(report.as_dict(), ensure_ascii=False))
+    else:
+        print(render(report, cfg.hours.timezone))
+    return 0
+
+
+# --- the readable form --------------------------------------------------------------------------
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]], numbers: bool = True) -> str:
+    """Aligned columns: the first left-aligned (a key), the rest right-aligned when they are numbers."""
+    cells = [[str(h) for h in headers], *[["-" if c is None else str(c) for c in r] for r in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = []
+    for r in cells:
+        rest = (c.rjust(w) if numbers else c.ljust(w) for c, w in zip(r[1:], widths[1:], strict=True))
+        parts = [r[0].ljust(widths[0]), *rest]
+        lines.append("  ".join(parts).rstrip())
+    return "\n".join(lines)
+
+
+def _pct(share: float | None) -> str | None:
+    return None if share is None else f"{share * 100:.1f}%"
+
+
+def _secs(value: float | None) -> str | None:
+    return None if value is None else f"{value:.0f}s"
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))) or "-"
+
+
+def _line(r: Row, key: str) -> list[object]:
+    return [key, r.screened, r.spam_blocked, r.answered, r.missed, _pct(r.answered_share),
+            _secs(r.median_abandon_wait_s), _reasons(r.missed_by_reason)]
+
+
+def render(report: Report, tz_name: str) -> str:
+    tz = ZoneInfo(tz_name)
+
+    def when(ts: float) -> str:
+        return datetime.fromtimestamp(ts, tz).strftime("%Y-%m-%d %H:%M")
+
+    t = report.total
+    out = [f"{when(report.since)} → {when(report.until)} ({tz_name})", ""]
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(t.verdicts.items())) or "-"
+    out.append(table(
+        ["", ""],
+        [
+            ["screened calls", f"{t.screened} ({verdicts})"],
+            ["spam blocked", t.spam_blocked],
+            ["answered", t.answered],
+            ["missed", f"{t.missed} ({_reasons(t.missed_by_reason)})"],
+            ["answered share", _pct(t.answered_share)],
+            ["median wait before abandon", _secs(t.median_abandon_wait_s)],
+        ],
+        numbers=False,
+    ).split("\n", 1)[1])
+    if report.by:
+        out += ["", table(
+            [report.by, "screened", "spam", "answered", "missed", "answered%", "abandon wait", "missed by reason"],
+            [*(_line(r, r.key or "(none)") for r in report.rows), _line(t, "total")],
+        )]
+    elif report.missed_by_did:
+        out += ["", table(["missed by DID", "calls"], [[d or "(none)", n] for d, n in report.missed_by_did.items()])]
+    return "\n".join(out)
