@@ -173,6 +173,8 @@ class CrmConfig:
     kind: Literal["none", "amocrm", "bitrix24"] = "none"
     timeout: Duration = Duration(15.0)
     max_retries: int = 5
+    # First retry back-off; doubles per attempt with full jitter, capped at 30 s (Retry-After wins).
+    retry_base: Duration = Duration(1.0)
     amocrm: AmoCrmConfig = field(default_factory=AmoCrmConfig)
     bitrix24: Bitrix24Config = field(default_factory=Bitrix24Config)
 
