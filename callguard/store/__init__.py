@@ -7,8 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from callguard.store.calls import Calls
 from callguard.store.db import Database
 from callguard.store.numbers import Contact, Lookup, Numbers
+from callguard.store.outbox import Outbox
 from callguard.store.overrides import Override, Overrides
 from callguard.store.screens import Screens
 from callguard.store.stats import Stats
@@ -22,6 +24,8 @@ class Store:
         self.numbers = Numbers(db)
         self.overrides = Overrides(db)
         self.screens = Screens(db)
+        self.calls = Calls(db)
+        self.outbox = Outbox(db)
         self.stats = Stats(db)
 
     @classmethod

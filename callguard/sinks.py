@@ -1,0 +1,130 @@
+"""Lead sinks that need no CRM: ``log`` (the embedded default) and ``webhook`` (any HTTP receiver).
+
+The webhook POSTs one JSON document per missed call with an HMAC-SHA256 signature over the exact body
+(``X-Callguard-Signature: sha256=<hex>``, key = ``outbox.webhook.secret``) and the Linkedid as
+``Idempotency-Key``, so a receiver can verify the sender and drop the (rare) repeat after a crash
+mid-delivery. Any 2xx is success; 408/429/5xx and network errors are retried by the outbox; any other
+4xx is a dead letter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import structlog
+
+from callguard.config import Config, WebhookSinkConfig
+from callguard.errors import RateLimitedError, SinkError
+from callguard.leads import Delivery, LeadSink, MissedCall
+
+if TYPE_CHECKING:
+    from callguard.app import Runtime
+
+log = structlog.get_logger("callguard.sinks")
+SIGNATURE_HEADER = "X-Callguard-Signature"
+
+
+class LogSink:
+    """A ``missed_call`` event in the structured log (journald): leads without any integration."""
+
+    name = "log"
+
+    async def deliver(self, call: MissedCall) -> Delivery:
+        log.info("missed_call", **call.to_json())
+        if call.open_lead_ref:
+            return Delivery(call.open_lead_ref, repeat=True)
+        return Delivery(f"log:{call.linkedid}")
+
+    async def find_delivered(self, call: MissedCall) -> Delivery | None:
+        return None  # a log cannot be searched; at worst one line is written twice
+
+    async def close(self) -> None:
+        return None
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class WebhookSink:
+    name = "webhook"
+
+    def __init__(self, cfg: WebhookSinkConfig, session: aiohttp.ClientSession | None = None) -> None:
+        self.cfg = cfg
+        self._session = session
+        self._own_session = session is None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=float(self.cfg.timeout)))
+        return self._session
+
+    def document(self, call: MissedCall) -> dict[str, Any]:
+        return {"type": "missed_call", "sent_at": round(time.time(), 3), "call": call.to_json(),
+                "repeat": bool(call.open_lead_ref)}
+
+    async def deliver(self, call: MissedCall) -> Delivery:
+        body = json.dumps(self.document(call), ensure_ascii=False, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json", "Idempotency-Key": call.linkedid,
+                   "User-Agent": "callguard"}
+        if self.cfg.secret:
+            headers[SIGNATURE_HEADER] = sign(self.cfg.secret, body)
+        try:
+            async with self._client().post(self.cfg.url, data=body, headers=headers) as resp:
+                text = await resp.text()
+                status = resp.status
+                retry_after = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise SinkError(f"webhook unreachable: {type(e).__name__}: {e}") from e
+        if 200 <= status < 300:
+            return Delivery(_ref_from(text) or call.open_lead_ref or f"webhook:{call.linkedid}",
+                            repeat=bool(call.open_lead_ref))
+        if status == 429:
+            raise RateLimitedError("webhook said 429", _seconds(retry_after))
+        if status == 408 or status >= 500:
+            raise SinkError(f"webhook answered {status}")
+        raise SinkError(f"webhook refused the lead: {status} {text[:200]}", permanent=True)
+
+    async def find_delivered(self, call: MissedCall) -> Delivery | None:
+        return None  # the receiver dedupes on Idempotency-Key
+
+    async def close(self) -> None:
+        if self._session is not None and self._own_session:
+            await self._session.close()
+        self._session = None
+
+
+def _ref_from(text: str) -> str:
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        for key in ("ref", "id", "lead_id"):
+            if data.get(key) not in (None, ""):
+                return str(data[key])
+    return ""
+
+
+def _seconds(value: str | None) -> float | None:
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
+
+
+def build_sink(cfg: Config, rt: Runtime | None = None) -> LeadSink:
+    kind = cfg.outbox.sink
+    if kind == "webhook":
+        return WebhookSink(cfg.outbox.webhook)
+    if kind == "crm":
+        from callguard.crm.sink import build_crm_sink  # written with the CRM adapters; imported lazily
+
+        sink: LeadSink = build_crm_sink(cfg)
+        return sink
+    return LogSink()
