@@ -48,6 +48,11 @@ def build_parts(rt: Runtime) -> list[Part]:
 
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
     parts: list[Part] = [screener, AgiServer(rt.cfg.agi, {"screen": screener.handle})]
+    if rt.cfg.web.enabled:
+        # Last: it reports on the others (readiness), so they exist when it serves.
+        from callguard.web import WebServer
+
+        parts.append(WebServer(rt))
     return parts
 
 

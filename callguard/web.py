@@ -1,0 +1,277 @@
+"""The HTTP side: health, readiness, Prometheus metrics, a small read API, and the CRM webhooks.
+
+Thin handlers (STYLE.md rule 11): check auth, parse, call a service, return JSON. Liveness (``/healthz``:
+the loop answers) is apart from readiness (``/readyz``: the parts a call needs are up). A bearer token,
+when configured, guards every endpoint except the CRM webhooks, which carry their own authentication
+(callguard.webhooks). Bodies are scrubbed of configured secret values before they leave, as a last line
+of defence: an error text quoting a URL with a key in it must not leak through ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import importlib
+import ipaddress
+import json
+import time
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from callguard import metrics
+from callguard.app import Runtime
+from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
+from callguard.errors import ConfigError
+
+log = structlog.get_logger("callguard.web")
+
+READY_QUERY_TIMEOUT = 2.0
+# The sync counts as stale (reported, not fatal: calls are screened from the cache) after this many
+# missed intervals.
+SYNC_STALE_INTERVALS = 3
+
+
+def secret_values(cfg: Config) -> list[str]:
+    """The configured secret strings (token, AMI secret, CRM keys…), longest first for replacement."""
+    values = set()
+    for key in SECRET_KEYS:
+        node: Any = cfg
+        for part in key.split("."):
+            node = getattr(node, part, None)
+        # Very short values would turn ordinary text into stars; config secrets are long in practice.
+        if isinstance(node, str) and len(node) >= 4:
+            values.add(node)
+    return sorted(values, key=len, reverse=True)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(cfg: WebConfig) -> None:
+    """Beyond loopback with no token, anyone on the network reads the call statistics."""
+    if not cfg.token and not is_loopback(cfg.host):
+        log.warning("web_exposed", host=cfg.host, port=cfg.port,
+                    hint="set web.token (CALLGUARD_WEB_TOKEN) or bind web.host to 127.0.0.1")
+
+
+class WebApp:
+    """The aiohttp application and its handlers, bound to one ``Runtime``."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cfg = rt.cfg.web
+        self._token = self.cfg.token.encode()
+        self._secrets = secret_values(rt.cfg)
+        self.exempt: set[Any] = set()  # webhook resources: they authenticate themselves
+        self.app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._auth])
+        self.app.router.add_get("/healthz", self.healthz)
+        self.app.router.add_get("/readyz", self.readyz)
+        self.app.router.add_get("/metrics", self.metrics)
+        self.app.router.add_get("/v1/check/{number}", self.check)
+        self.app.router.add_get("/v1/stats", self.stats)
+        self._mount_webhooks()
+
+    def _mount_webhooks(self) -> None:
+        try:
+            # Written with the CRM sync; a build without it serves everything else.
+            webhooks = importlib.import_module("callguard.webhooks")
+        except ModuleNotFoundError as e:
+            if e.name != "callguard.webhooks":
+                raise
+            return
+        before = set(self.app.router.resources())
+        webhooks.add_routes(self.app, self.rt)
+        self.exempt = set(self.app.router.resources()) - before
+
+    # --- auth -------------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if self._token and request.match_info.route.resource not in self.exempt:
+            header = request.headers.get("Authorization", "")
+            scheme, _, given = header.partition(" ")
+            # compare_digest: the time taken must not tell how much of a guess was right.
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self._token):
+                return self._json({"error": "unauthorized"}, 401, {"WWW-Authenticate": "Bearer"})
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    def _json(self, data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+        return web.Response(
+            text=self._scrub(json.dumps(data, ensure_ascii=False)), status=status,
+            content_type="application/json", headers=headers,
+        )
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
+
+    # --- health -----------------------------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return self._json({"status": "ok"})
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        parts = {
+            "store": await self._store_state(),
+            "agi": _agi_state(self.rt.parts.get("agi")),
+            "ami": _ami_state(self.rt.parts.get("ami")),
+            "sync": await self._sync_state(),
+        }
+        ready = all(p["state"] in ("ok", "disabled") for name, p in parts.items() if name != "sync")
+        return self._json({"ready": ready, "parts": parts}, 200 if ready else 503)
+
+    async def _store_state(self) -> dict[str, Any]:
+        try:
+            async with asyncio.timeout(READY_QUERY_TIMEOUT):
+                async with self.rt.store.db.reader.execute("SELECT COUNT(*) FROM sync_state") as cur:
+                    await cur.fetchone()
+        except Exception as e:  # any failure means "not ready", with the reason shown
+            return {"state": "down", "error": str(e) or type(e).__name__}
+        return {"state": "ok"}
+
+    async def _last_sync_at(self) -> float:
+        async with self.rt.store.db.reader.execute("SELECT COALESCE(MAX(last_sync_at), 0) FROM sync_state") as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
+    async def _sync_state(self) -> dict[str, Any]:
+        part = self.rt.parts.get("sync")
+        try:
+            stored = await self._last_sync_at()
+        except Exception:
+            stored = 0.0
+        last = max(float(getattr(part, "last_sync_at", 0) or 0), stored)
+        age = round(time.time() - last, 1) if last else None
+        out: dict[str, Any] = {"last_sync_at": last or None, "age_s": age}
+        if part is None:
+            return {"state": "disabled", **out}
+        error = str(getattr(part, "last_error", "") or "")
+        stale = age is None or age > SYNC_STALE_INTERVALS * self.rt.cfg.sync.interval
+        return {"state": "stale" if stale else "ok", **out, "last_error": error}
+
+    # --- metrics ----------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        await self.refresh_gauges()
+        body = generate_latest(metrics.REGISTRY)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def refresh_gauges(self) -> None:
+        """Gauges that describe the store are read at scrape time: one place is the truth."""
+        now = time.time()
+        reader = self.rt.store.db.reader
+        async with reader.execute(
+            "SELECT COUNT(*) FILTER (WHERE state IN ('pending', 'sending')), "
+            "MIN(created_at) FILTER (WHERE state IN ('pending', 'sending')), "
+            "COUNT(*) FILTER (WHERE state = 'dead') FROM outbox"
+        ) as cur:
+            pending, oldest, dead = await cur.fetchone() or (0, None, 0)
+        metrics.OUTBOX_DEPTH.set(pending or 0)
+        metrics.OUTBOX_OLDEST.set(max(0.0, now - oldest) if oldest else 0.0)
+        metrics.OUTBOX_DEAD.set(dead or 0)
+        async with reader.execute(
+            "SELECT COUNT(DISTINCT phone), COUNT(DISTINCT phone) FILTER (WHERE spam = 1) FROM numbers"
+        ) as cur:
+            cached, spam = await cur.fetchone() or (0, 0)
+        metrics.CONTACTS_CACHED.set(cached or 0)
+        metrics.SPAM_CACHED.set(spam or 0)
+        sync = await self._sync_state()
+        if sync["age_s"] is not None:
+            metrics.SYNC_AGE.set(sync["age_s"])
+        ami = self.rt.parts.get("ami")
+        if ami is not None:
+            metrics.AMI_CONNECTED.set(1 if getattr(ami, "connected", False) else 0)
+
+    # --- read API ---------------------------------------------------------------------------------
+
+    async def check(self, request: web.Request) -> web.Response:
+        number = request.match_info["number"]
+        did = request.query.get("did", "")
+        screener = self.rt.parts["screener"]
+        phone, decision = await screener.check(number, did)
+        contact = decision.contact
+        return self._json({
+            "input": number,
+            "kind": phone.kind.value,
+            "normalised": phone.key,
+            "did": screener.did_key(did) if did else "",
+            "verdict": decision.verdict.value,
+            "reason": decision.reason,
+            "contact": (
+                {"id": contact.contact_id, "name": contact.name, "owner": contact.owner, "spam": contact.spam,
+                 "source": contact.source}
+                if contact else None
+            ),
+        })
+
+    async def stats(self, request: web.Request) -> web.Response:
+        by = request.query.get("by") or None
+        if by not in (None, "day", "did", "reason"):
+            return self._json({"error": "by must be day, did or reason"}, 400)
+        try:
+            since = parse_duration(request.query.get("since", "7d"), "since")
+        except ConfigError as e:
+            return self._json({"error": str(e)}, 400)
+        now = time.time()
+        report = await self.rt.store.stats.report(now - since, now, by, ZoneInfo(self.rt.cfg.hours.timezone))
+        return self._json(report.as_dict())
+
+
+def _agi_state(agi: Any) -> dict[str, Any]:
+    if agi is None:
+        return {"state": "down", "error": "not started"}
+    return {"state": "ok" if agi.listening else "down", "port": getattr(agi, "port", None)}
+
+
+def _ami_state(ami: Any) -> dict[str, Any]:
+    if ami is None:
+        return {"state": "disabled"}
+    state = "ok" if ami.connected else "down"
+    return {"state": state, "last_error": str(ami.last_error or ""), "reconnects": int(ami.reconnects)}
+
+
+class WebServer:
+    """The ``web`` part: listens on ``web.host:web.port`` (0 = any free port; ``.port`` tells which)."""
+
+    name = "web"
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.webapp: WebApp | None = None  # built at start: the webhooks need the started parts
+        self._runner: web.AppRunner | None = None
+        self.port: int | None = None
+
+    async def start(self) -> None:
+        cfg = self.rt.cfg.web
+        warn_if_exposed(cfg)
+        self.webapp = WebApp(self.rt)
+        runner = web.AppRunner(self.webapp.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        await runner.setup()
+        site = web.TCPSite(runner, cfg.host, cfg.port)
+        try:
+            await site.start()
+        except BaseException:
+            await runner.cleanup()
+            raise
+        self._runner = runner
+        addresses = runner.addresses
+        self.port = int(addresses[0][1]) if addresses else cfg.port
+        log.info("web_listening", host=cfg.host, port=self.port, auth=bool(cfg.token))
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None

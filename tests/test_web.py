@@ -1,0 +1,257 @@
+"""The web part on a real loopback port: auth, readiness, metrics, the read API, no secret in any body."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+
+from callguard.agi import AgiServer
+from callguard.ami import AmiClient
+from callguard.app import Runtime
+from callguard.config import Config, load_config
+from callguard.screen_service import ScreenService
+from callguard.screening import parse_schedule
+from callguard.store import Store
+from callguard.web import WebApp, WebServer, is_loopback, secret_values, warn_if_exposed
+from tests.fakes.asterisk_ami import FakeAsterisk, Script
+
+TOKEN = "web-token-5f0e9c1d2b"
+SECRETS = {
+    "CALLGUARD_WEB_TOKEN": TOKEN,
+    "CALLGUARD_AMI_SECRET": "ami-secret-77a1c0",
+    "CALLGUARD_CRM_TOKEN": "amocrm-token-d41d8cd9",
+    "CALLGUARD_CRM_WEBHOOK_URL": "https://x.bitrix24.ru/rest/1/hook-key-9b2e7/",
+    "CALLGUARD_CRM_APP_TOKEN": "b24-app-token-31337",
+    "CALLGUARD_CRM_WEBHOOK_SECRET": "amo-webhook-secret-0042",
+    "CALLGUARD_SINK_SECRET": "sink-secret-abcdef",
+}
+ENDPOINTS = ["/healthz", "/readyz", "/metrics", "/v1/check/+79123456789", "/v1/stats?since=7d&by=did", "/nope"]
+
+
+def make_cfg(tmp_path: Path, token: bool = True, **ami: object) -> Config:
+    path = tmp_path / "config.toml"
+    path.write_text('[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\n[web]\nport = 0\n')
+    env = SECRETS if token else {k: v for k, v in SECRETS.items() if k != "CALLGUARD_WEB_TOKEN"}
+    cfg = load_config(path, env=env)
+    if ami:
+        cfg = dataclasses.replace(cfg, ami=dataclasses.replace(cfg.ami, **ami))
+    return cfg
+
+
+@dataclass
+class Running:
+    rt: Runtime
+    web: WebServer
+    agi: AgiServer
+    http: aiohttp.ClientSession
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.web.port}"
+
+    async def get(self, path: str, token: str | None = TOKEN) -> tuple[int, str, aiohttp.typedefs.LooseHeaders]:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        async with self.http.get(self.base + path, headers=headers) as resp:
+            return resp.status, await resp.text(), resp.headers
+
+
+@contextlib.asynccontextmanager
+async def running(cfg: Config, extra: list[object] | None = None) -> AsyncIterator[Running]:
+    """The real parts (screener, AGI, optional AMI, web) started in order and stopped in reverse."""
+    store = await Store.open(cfg.store.path)
+    rt = Runtime(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
+    screener = ScreenService(cfg, store, rt.schedule)
+    agi = AgiServer(cfg.agi, {"screen": screener.handle})
+    web = WebServer(rt)
+    parts = [screener, agi, *(extra or []), web]
+    started = []
+    try:
+        for part in parts:
+            rt.parts[part.name] = part  # type: ignore[attr-defined]
+            await part.start()  # type: ignore[attr-defined]
+            started.append(part)
+        async with aiohttp.ClientSession() as http:
+            yield Running(rt, web, agi, http)
+    finally:
+        for part in reversed(started):
+            await part.stop()  # type: ignore[attr-defined]
+        await store.close()
+
+
+async def test_every_endpoint_needs_the_token(tmp_path: Path) -> None:
+    async with running(make_cfg(tmp_path)) as r:
+        for path in ENDPOINTS:
+            for token in (None, "wrong", TOKEN[:-1], TOKEN + "x"):
+                status, _, headers = await r.get(path, token)
+                assert status == 401, (path, token)
+                assert headers["WWW-Authenticate"] == "Bearer"
+            status, _, _ = await r.get(path)
+            assert status == (404 if path == "/nope" else 200), path
+        async with r.http.get(r.base + "/healthz", headers={"Authorization": f"Basic {TOKEN}"}) as resp:
+            assert resp.status == 401
+
+
+async def test_no_token_configured_means_open_on_loopback(tmp_path: Path) -> None:
+    async with running(make_cfg(tmp_path, token=False)) as r:
+        status, body, _ = await r.get("/healthz", None)
+        assert (status, body) == (200, '{"status": "ok"}')
+
+
+async def test_no_secret_in_any_response(tmp_path: Path) -> None:
+    cfg = make_cfg(tmp_path)
+    assert len(secret_values(cfg)) == len(SECRETS)
+    async with running(cfg) as r:
+        bodies = []
+        for path in ENDPOINTS:
+            for token in (None, "wrong", TOKEN):
+                _, body, headers = await r.get(path, token)
+                bodies.append(body + "".join(f"{k}: {v}" for k, v in headers.items()))
+        assert len(bodies) == 3 * len(ENDPOINTS)
+        for body in bodies:
+            for secret in SECRETS.values():
+                assert secret not in body
+        # An error text that quotes a secret (a URL with a webhook key, say) is scrubbed on the way out.
+        app: WebApp = r.web.webapp  # type: ignore[assignment]
+        leaked = f"POST {SECRETS['CALLGUARD_CRM_WEBHOOK_URL']}crm.lead.add failed"
+        assert app._json({"last_error": leaked}).text == '{"last_error": "POST ***crm.lead.add failed"}'
+
+
+async def test_readyz_follows_the_agi_listener(tmp_path: Path) -> None:
+    async with running(make_cfg(tmp_path)) as r:
+        status, body, _ = await r.get("/readyz")
+        assert status == 200
+        data = json.loads(body)
+        assert data["ready"] is True
+        assert data["parts"]["store"] == {"state": "ok"}
+        assert data["parts"]["agi"] == {"state": "ok", "port": r.agi.port}
+        assert data["parts"]["ami"] == {"state": "disabled"}
+        assert data["parts"]["sync"]["state"] == "disabled"
+        await r.agi.stop()
+        status, body, _ = await r.get("/readyz")
+        data = json.loads(body)
+        assert status == 503 and data["ready"] is False and data["parts"]["agi"]["state"] == "down"
+
+
+async def _ami_readiness(tmp_path: Path, script: Script) -> tuple[int, dict[str, object]]:
+    fake = await FakeAsterisk([script]).start()
+    try:
+        cfg = make_cfg(tmp_path, enabled=True, port=fake.port, reconnect_min=0.01, reconnect_max=0.05)
+        client = AmiClient(cfg.ami, lambda frame, now: None)
+        async with running(cfg, [client]) as r:
+            deadline = time.monotonic() + 5
+            want = "Authentication failed" if script.reject else ""
+            while time.monotonic() < deadline:  # the client logs in (or fails to) on its own task
+                if (client.connected and not want) or (want and want in client.last_error):
+                    break
+                await asyncio.sleep(0.01)
+            status, body, _ = await r.get("/readyz")
+            return status, json.loads(body)
+    finally:
+        await fake.stop()
+
+
+async def test_readyz_reports_ami_logged_in(tmp_path: Path) -> None:
+    status, data = await _ami_readiness(tmp_path, Script())
+    assert status == 200
+    assert data["parts"]["ami"] == {"state": "ok", "last_error": "", "reconnects": 0}  # type: ignore[index]
+
+
+async def test_readyz_is_503_when_ami_rejects_the_login(tmp_path: Path) -> None:
+    status, data = await _ami_readiness(tmp_path, Script(reject=True))
+    assert status == 503 and data["ready"] is False
+    ami = data["parts"]["ami"]  # type: ignore[index]
+    assert ami["state"] == "down" and "Authentication failed" in ami["last_error"]
+
+
+async def test_metrics_parse_and_gauges_come_from_the_store(tmp_path: Path) -> None:
+    async with running(make_cfg(tmp_path)) as r:
+        now = time.time()
+        async with r.rt.store.db.write() as conn:
+            for i, (state, created) in enumerate([("pending", now - 300), ("sending", now - 60), ("dead", now - 9e3),
+                                                  ("sent", now - 9e4)]):
+                await conn.execute(
+                    "INSERT INTO outbox(linkedid, payload, state, next_at, created_at, updated_at) "
+                    "VALUES (?, '{}', ?, ?, ?, ?)", (f"l{i}", state, now, created, now),
+                )
+            for phone, contact, spam in [("+7912001", "1", 0), ("+7912001", "2", 1), ("+7912002", "3", 1),
+                                         ("+7912003", "4", 0)]:
+                await conn.execute(
+                    "INSERT INTO numbers(phone, contact_id, spam, source, updated_at) VALUES (?, ?, ?, 'amocrm', ?)",
+                    (phone, contact, spam, now),
+                )
+            await conn.execute("INSERT INTO sync_state(crm, last_sync_at) VALUES ('amocrm', ?)", (now - 120,))
+        status, text, headers = await r.get("/metrics")
+        assert status == 200 and headers["Content-Type"].startswith("text/plain")
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples
+        }
+        assert samples[("callguard_outbox_pending", ())] == 2
+        assert 299 <= samples[("callguard_outbox_oldest_age_seconds", ())] < 330
+        assert samples[("callguard_outbox_dead", ())] == 1
+        assert samples[("callguard_numbers_cached", ())] == 3
+        assert samples[("callguard_numbers_spam", ())] == 2
+        assert 119 <= samples[("callguard_sync_age_seconds", ())] < 150
+        names = {name for name, _ in samples}
+        for family in ("callguard_screen_latency_seconds_bucket", "callguard_agi_active_connections",
+                       "callguard_ami_connected", "callguard_agi_deadline_exceeded_total"):
+            assert family in names
+
+
+async def test_check_and_stats_api(tmp_path: Path) -> None:
+    async with running(make_cfg(tmp_path)) as r:
+        await r.rt.store.overrides.upsert_many([("+79123456789", "block", "test")])
+        status, body, _ = await r.get("/v1/check/8%20(912)%20345-67-89?did=84951234567")
+        data = json.loads(body)
+        assert status == 200
+        assert (data["normalised"], data["verdict"], data["reason"]) == ("+79123456789", "spam", "local_block")
+        assert data["did"] == "+74951234567"
+        status, body, _ = await r.get("/v1/check/+79990000000")
+        assert json.loads(body)["verdict"] == "clean"
+
+        async with r.rt.store.db.write() as conn:
+            await conn.execute("INSERT INTO screens VALUES ('u1', ?, '+7912', '+74951234567', 'spam', 'r', 1)",
+                               (time.time() - 60,))
+        status, body, _ = await r.get("/v1/stats?since=1d&by=did")
+        data = json.loads(body)
+        assert status == 200 and data["total"]["spam_blocked"] == 1
+        assert [row["key"] for row in data["rows"]] == ["+74951234567"]
+        for bad in ("/v1/stats?by=week", "/v1/stats?since=soon"):
+            status, body, _ = await r.get(bad)
+            assert status == 400 and "error" in body
+
+
+async def test_webhooks_are_exempt_from_the_bearer_token(tmp_path: Path) -> None:
+    try:
+        import callguard.webhooks  # noqa: F401
+    except ModuleNotFoundError:
+        pytest.skip("callguard.webhooks is not in this build: nothing to mount")
+    async with running(make_cfg(tmp_path)) as r:
+        app: WebApp = r.web.webapp  # type: ignore[assignment]
+        assert app.exempt, "add_routes mounted no route"
+        for resource in app.exempt:
+            path = resource.canonical
+            async with r.http.post(r.base + path, data=b"") as resp:
+                assert resp.headers.get("WWW-Authenticate") != "Bearer", path
+
+
+def test_exposure_warning(tmp_path: Path) -> None:
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.0.2.7") and not is_loopback("pbx.example")
+    cfg = make_cfg(tmp_path, token=False)
+    with capture_logs() as logs:
+        warn_if_exposed(dataclasses.replace(cfg.web, host="0.0.0.0"))
+        warn_if_exposed(dataclasses.replace(cfg.web, host="127.0.0.1"))
+        warn_if_exposed(dataclasses.replace(cfg.web, host="0.0.0.0", token="t0ken"))
+    assert [(e["event"], e["log_level"], e["host"]) for e in logs] == [("web_exposed", "warning", "0.0.0.0")]
