@@ -18,6 +18,10 @@ from callguard.store.db import Database
 
 GroupBy = Literal["day", "did", "reason"]
 
+# ``callguard doctor`` screens a test caller through a running service to prove the port is ours;
+# that screen is not traffic.
+DOCTOR_UNIQUEID = "callguard-doctor"
+
 # Column expressions per grouping. ``cg_day`` is registered per query (local calendar day in the
 # configured zone: the sales team's "Monday" is not UTC's). Only these constants reach the SQL text.
 _SCREEN_KEY = {None: "''", "day": "cg_day(at)", "did": "did", "reason": "reason"}
@@ -108,7 +112,9 @@ class Stats:
         sk, ck = _SCREEN_KEY[by], _CALL_KEY[by]
         window = (since, until)
         async with conn.execute(
-            f"SELECT {sk}, verdict, COUNT(*) FROM screens WHERE at >= ? AND at < ? GROUP BY 1, 2", window
+            f"SELECT {sk}, verdict, COUNT(*) FROM screens WHERE at >= ? AND at < ? AND uniqueid != ? "
+            "GROUP BY 1, 2",
+            (*window, DOCTOR_UNIQUEID),
         ) as cur:
             for key, verdict, n in await cur.fetchall():
                 for row in (_row(rows, key), total):
