@@ -73,8 +73,16 @@ class CrmRejectedError(CrmError):
         super().__init__(message)
 
 
-class CrmAuthError(CrmRejectedError):
-    """401/403: credentials are wrong or revoked; an operator must act."""
+class CrmAuthError(CrmError):
+    """401/403: credentials are wrong or revoked; an operator must act.
+
+    Deliberately not a ``CrmRejectedError``: the request itself is fine, so the outbox keeps retrying
+    (with its capped back-off) instead of dead-lettering every missed call until the token is fixed."""
+
+    def __init__(self, message: str, status: int, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        super().__init__(message)
 
 
 class SinkError(CallguardError):
