@@ -183,6 +183,9 @@ class CrmConfig:
 class SyncConfig:
     interval: Duration = Duration(60.0)
     full_every: Duration = Duration(86400.0)
+    # Contacts written per transaction during a sync: small enough that the writer never holds the
+    # database long (screens read through WAL and never wait), large enough to be fast.
+    batch: int = 250
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from callguard.store.outbox import Outbox
 from callguard.store.overrides import Override, Overrides
 from callguard.store.screens import Screens
 from callguard.store.stats import Stats
+from callguard.store.sync_state import SyncState
 
 __all__ = ["Contact", "Database", "Lookup", "Override", "Store"]
 
@@ -27,6 +28,7 @@ class Store:
         self.calls = Calls(db)
         self.outbox = Outbox(db)
         self.stats = Stats(db)
+        self.sync_state = SyncState(db)
 
     @classmethod
     async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Store:

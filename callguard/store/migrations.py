@@ -93,6 +93,16 @@ MIGRATIONS: dict[int, str] = {
         full_page    TEXT NOT NULL DEFAULT ''   -- resume point of an unfinished full sync
     );
     """,
+    3: """
+    -- CRM credentials that rotate (amoCRM OAuth: a new refresh token on every refresh, crm-apis.md §1.1);
+    -- the newest pair must survive a restart or the integration is locked out.
+    CREATE TABLE crm_tokens (
+        crm           TEXT PRIMARY KEY,
+        access_token  TEXT NOT NULL,
+        refresh_token TEXT NOT NULL,
+        updated_at    REAL NOT NULL
+    );
+    """,
 }
 
 LATEST = max(MIGRATIONS)

@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import aiosqlite
+
 from callguard.store.db import Database
+
+# (contact_id, name, owner, spam, phones in E.164): what the sync writes per contact.
+ContactRows = tuple[str, str, str, bool, Sequence[str]]
+_IN_CHUNK = 500  # SQLite's default limit on ? parameters is well above this
+
+
+@dataclass(frozen=True, slots=True)
+class PageChange:
+    added: int = 0  # phone rows new to the cache
+    removed: int = 0  # phone rows gone (a phone removed from a contact)
+    changed: int = 0  # phone rows whose spam flag, name or owner changed
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,3 +77,69 @@ class Numbers:
         async with self.db.reader.execute("SELECT COUNT(*), COALESCE(SUM(spam), 0) FROM numbers") as cur:
             row = await cur.fetchone()
         return (int(row[0]), int(row[1])) if row else (0, 0)
+
+    # --- written by the CRM sync (callguard.sync) ---------------------------------------------------
+
+    async def write_contacts(
+        self, conn: aiosqlite.Connection, contacts: Sequence[ContactRows], source: str, now: float
+    ) -> PageChange:
+        """Replace each contact's phones inside the caller's transaction, so a reader sees a contact's old
+        rows or its new rows, never a mix. Returns what changed, for ``callguard sync`` to print."""
+        if not contacts:
+            return PageChange()
+        ids = [c[0] for c in contacts]
+        before: dict[tuple[str, str], tuple[str, str, int]] = {}
+        for i in range(0, len(ids), _IN_CHUNK):
+            chunk = ids[i : i + _IN_CHUNK]
+            marks = ",".join("?" * len(chunk))
+            async with conn.execute(
+                "SELECT contact_id, phone, name, owner, spam FROM numbers "
+                f"WHERE source = ? AND contact_id IN ({marks})",
+                (source, *chunk),
+            ) as cur:
+                for cid, phone, name, owner, spam in await cur.fetchall():
+                    before[(cid, phone)] = (name, owner, int(spam))
+        rows = [(p, cid, name, owner, int(spam), source, now) for cid, name, owner, spam, phones in contacts
+                for p in phones]
+        after = {(r[1], r[0]): (r[2], r[3], r[4]) for r in rows}
+        await conn.executemany("DELETE FROM numbers WHERE contact_id = ? AND source = ?", [(i, source) for i in ids])
+        await conn.executemany(
+            "INSERT OR REPLACE INTO numbers(phone, contact_id, name, owner, spam, source, updated_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            rows,
+        )
+        added = sum(1 for k in after if k not in before)
+        removed = sum(1 for k in before if k not in after)
+        changed = sum(1 for k, v in after.items() if k in before and before[k] != v)
+        return PageChange(added, removed, changed)
+
+    async def delete_contact(self, contact_id: str, source: str) -> int:
+        async with self.db.write() as conn:
+            cur = await conn.execute(
+                "DELETE FROM numbers WHERE contact_id = ? AND source = ?", (contact_id, source)
+            )
+            return cur.rowcount
+
+    async def purge_older(self, conn: aiosqlite.Connection, source: str, before: float) -> int:
+        """After a full sync: rows it did not rewrite belong to contacts or phones the CRM no longer has.
+
+        One DELETE over the whole source could hold the write lock for long on a big cache, but the hot
+        reader never waits on it (WAL); the caller runs it in its own short transaction."""
+        cur = await conn.execute("DELETE FROM numbers WHERE source = ? AND updated_at < ?", (source, before))
+        return cur.rowcount
+
+    async def delete_contacts(self, conn: aiosqlite.Connection, contact_ids: Sequence[str], source: str) -> int:
+        """Inside the caller's transaction: contacts the CRM deleted (sync, webhooks)."""
+        removed = 0
+        for cid in contact_ids:
+            cur = await conn.execute("DELETE FROM numbers WHERE contact_id = ? AND source = ?", (cid, source))
+            removed += max(cur.rowcount, 0)
+        return removed
+
+    async def contacts_older(self, source: str, before: float, limit: int = 100_000) -> list[str]:
+        """Contact ids with no row rewritten since ``before``: what a full sync did not see."""
+        async with self.db.reader.execute(
+            "SELECT DISTINCT contact_id FROM numbers WHERE source = ? AND updated_at < ? LIMIT ?",
+            (source, before, limit),
+        ) as cur:
+            return [str(r[0]) for r in await cur.fetchall()]

@@ -1,0 +1,245 @@
+"""Keep the ``numbers`` cache in step with the CRM: full sync, incremental sync, webhook refreshes.
+
+- Full sync pages through every contact; each page's rows and its resume point commit in one
+  transaction, so a crash resumes from the last page written. Every row it writes gets
+  ``updated_at = now``; at the end rows older than the full sync's start belong to contacts or phones
+  the CRM no longer has and are purged. Where paging is by offset (amoCRM), a contact deleted mid-run
+  shifts pages and could hide a live contact, so the purge candidates are re-read by id first.
+- Incremental sync follows the CRM's change cursor every ``sync.interval``.
+- Webhooks are hints: ``hint(ids)`` queues contact ids; a worker re-reads them through the API and
+  replaces or removes their rows.
+Each contact's phones are replaced inside one transaction, so a screen sees the old or the new contact,
+never half of it; transactions are one page (≤ 250 contacts) so the writer never holds the file long,
+and screens read through WAL without waiting at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import structlog
+
+from callguard import metrics
+from callguard.crm import CRM, CrmContact, build_crm
+from callguard.errors import CrmAuthError, CrmError
+
+if TYPE_CHECKING:
+    from callguard.app import Runtime
+    from callguard.config import Config
+    from callguard.store import Store
+
+log = structlog.get_logger("callguard.sync")
+
+# The CRM's clock and ours differ; start the change cursor this much before our own start.
+CLOCK_SKEW = 300.0
+
+
+@dataclass
+class SyncReport:
+    kind: str
+    contacts: int = 0  # contacts read from the CRM
+    added: int = 0  # phone rows new to the cache
+    removed: int = 0  # phone rows gone from contacts still in the CRM
+    changed: int = 0  # phone rows whose flag, name or owner changed
+    deleted: int = 0  # phone rows of contacts the CRM deleted (incremental, webhooks)
+    purged: int = 0  # phone rows a full sync found the CRM no longer has
+    pages: int = 0
+    resumed: bool = False
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        return (f"{self.kind} sync: {self.contacts} contacts read in {self.pages} pages, {self.seconds:.1f}s; "
+                f"phones +{self.added} -{self.removed} ~{self.changed}; deleted {self.deleted}; "
+                f"purged {self.purged}" + (" (resumed)" if self.resumed else ""))
+
+
+def _rows(contacts: Sequence[CrmContact]) -> list[tuple[str, str, str, bool, tuple[str, ...]]]:
+    return [(c.contact_id, c.name, c.owner, c.spam, c.phones) for c in contacts]
+
+
+class SyncService:
+    name = "sync"
+
+    def __init__(self, cfg: Config, store: Store, crm: CRM, clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.crm = crm
+        self.clock = clock
+        self.source = crm.kind
+        self.last_sync_at: float | None = None
+        self.last_error: str | None = None
+        self._hints: asyncio.Queue[str] = asyncio.Queue()
+        self._queued: set[str] = set()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._lock = asyncio.Lock()  # one sync at a time: a webhook refresh waits for the page in flight
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        state = await self.store.sync_state.get(self.source)
+        self.last_sync_at = state.last_sync_at or None
+        self._tasks = [asyncio.create_task(self._poll_loop(), name="sync-poll"),
+                       asyncio.create_task(self._hint_loop(), name="sync-hints")]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        await self.crm.close()
+
+    def wake(self) -> None:
+        """Run the next poll now (``callguard sync`` in-process, tests)."""
+        self._wake.set()
+
+    # --- webhook hints --------------------------------------------------------------------------------
+
+    def hint(self, contact_ids: Sequence[str]) -> int:
+        """Queue contacts a webhook named; returns how many were new to the queue."""
+        fresh = 0
+        for cid in contact_ids:
+            if cid not in self._queued:
+                self._queued.add(cid)
+                self._hints.put_nowait(cid)
+                fresh += 1
+        return fresh
+
+    async def drain(self) -> None:
+        """Wait until every queued hint has been applied (tests, shutdown)."""
+        await self._hints.join()
+
+    async def _hint_loop(self) -> None:
+        while True:
+            ids = [await self._hints.get()]
+            while not self._hints.empty() and len(ids) < 50:
+                ids.append(self._hints.get_nowait())
+            try:
+                for cid in ids:
+                    self._queued.discard(cid)
+                await self.refresh(ids)
+            except CrmError as e:
+                # The poll will pick the change up; the webhook already got its 200.
+                log.warning("sync_hint_failed", crm=self.source, contacts=len(ids), error=str(e)[:200])
+            except Exception:
+                log.exception("sync_hint_failed", crm=self.source, contacts=len(ids))
+            finally:
+                for _ in ids:
+                    self._hints.task_done()
+
+    async def refresh(self, contact_ids: Sequence[str]) -> SyncReport:
+        """Re-read contacts by id and write what the CRM says: rows replaced, or removed if gone."""
+        report = SyncReport("contact")
+        contacts = await self.crm.get_contacts(contact_ids)
+        found = {c.contact_id for c in contacts}
+        gone = [cid for cid in contact_ids if cid not in found]
+        async with self._lock, self.store.db.write() as conn:
+            change = await self.store.numbers.write_contacts(conn, _rows(contacts), self.source, self.clock())
+            report.deleted = await self.store.numbers.delete_contacts(conn, gone, self.source)
+        report.contacts, report.added, report.removed, report.changed = (
+            len(contacts), change.added, change.removed, change.changed)
+        log.info("sync_contacts_refreshed", crm=self.source, contacts=len(contacts), gone=len(gone),
+                 phones_added=change.added, phones_removed=change.removed, changed=change.changed)
+        return report
+
+    # --- polling --------------------------------------------------------------------------------------
+
+    async def _poll_loop(self) -> None:
+        while True:
+            await self.run_once()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.cfg.sync.interval):
+                    await self._wake.wait()
+
+    async def run_once(self, force_full: bool = False) -> SyncReport | None:
+        """A full sync when one is unfinished, due or forced; otherwise an incremental one."""
+        kind = "full"
+        try:
+            state = await self.store.sync_state.get(self.source)
+            due = self.clock() - state.last_full_at >= self.cfg.sync.full_every
+            if force_full or state.full_page or due:
+                report = await self.full()
+            else:
+                kind = "incremental"
+                report = await self.incremental()
+        except CrmAuthError as e:
+            self._failed(kind, e)  # the alert went out from crm.http; keep polling at the interval
+            return None
+        except CrmError as e:
+            self._failed(kind, e)
+            return None
+        except Exception as e:
+            log.exception("sync_failed", crm=self.source, kind=kind)
+            self._failed(kind, e)
+            return None
+        self.last_error = None
+        self.last_sync_at = self.clock()
+        metrics.SYNC_RUNS.labels(kind, "ok").inc()
+        metrics.SYNC_AGE.set(0)
+        await self._count()
+        return report
+
+    def _failed(self, kind: str, e: BaseException) -> None:
+        self.last_error = f"{type(e).__name__}: {e}"[:300]
+        metrics.SYNC_RUNS.labels(kind, "error").inc()
+        log.warning("sync_failed", crm=self.source, kind=kind, error=self.last_error)
+
+    async def _count(self) -> None:
+        phones, spam = await self.store.numbers.count()
+        metrics.CONTACTS_CACHED.set(phones)
+        metrics.SPAM_CACHED.set(spam)
+
+    async def _write_page(self, report: SyncReport, contacts: Sequence[CrmContact], deleted: Sequence[str],
+                          **state: str | float) -> None:
+        batch = max(1, self.cfg.sync.batch)
+        chunks = [contacts[i:i + batch] for i in range(0, len(contacts), batch)] or [[]]
+        for n, chunk in enumerate(chunks):
+            async with self._lock, self.store.db.write() as conn:
+                change = await self.store.numbers.write_contacts(conn, _rows(chunk), self.source, self.clock())
+                if n == len(chunks) - 1:
+                    # The resume point / cursor commits with the page's last rows.
+                    report.deleted += await self.store.numbers.delete_contacts(conn, deleted, self.source)
+                    await self.store.sync_state.update_in(conn, self.source, **state)
+            report.added += change.added
+            report.removed += change.removed
+            report.changed += change.changed
+        report.contacts += len(contacts)
+        report.pages += 1
+
+    async def full(self) -> SyncReport:
+        from callguard.sync_full import run_full
+
+        return await run_full(self)
+
+    async def incremental(self) -> SyncReport:
+        report = SyncReport("incremental")
+        started = time.monotonic()
+        state = await self.store.sync_state.get(self.source)
+        cursor = state.cursor or self.crm.cursor_at(self.clock() - CLOCK_SKEW)
+        while True:
+            changes = await self.crm.list_changed(cursor)
+            cursor = changes.cursor
+            await self._write_page(report, changes.contacts, changes.deleted, cursor=cursor,
+                                   last_sync_at=self.clock())
+            if not changes.more:
+                break
+        report.seconds = time.monotonic() - started
+        log.info("sync_done", crm=self.source, kind="incremental", contacts=report.contacts,
+                 phones_added=report.added, phones_removed=report.removed, changed=report.changed,
+                 deleted=report.deleted)
+        return report
+
+
+def build_sync(rt: Runtime) -> SyncService:
+    crm = build_crm(rt.cfg, rt.store)
+    if crm is None:
+        raise CrmError("sync needs crm.kind = 'amocrm' or 'bitrix24'")
+    return SyncService(rt.cfg, rt.store, crm)
