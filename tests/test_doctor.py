@@ -8,10 +8,11 @@ import dataclasses
 import shutil
 import socket
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 from aiohttp import web
 
 from callguard.agi import AgiServer
@@ -34,6 +35,14 @@ from tests.fakes.asterisk_ami import FakeAsterisk, Script
 ROOT = Path(__file__).parent.parent
 TRACES = Path(__file__).parent / "fixtures" / "traces"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """``main()`` points structlog at the captured stderr, which pytest closes after the test: put the
+    defaults back so later tests do not log into a closed file."""
+    yield
+    structlog.reset_defaults()
 
 
 def free_port() -> int:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+import structlog
 
 from callguard.cli import main
 from callguard.cli.stats import render, table
@@ -18,6 +20,14 @@ from callguard.store import Store
 DAY = 86400.0
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC).timestamp()
 A, B = "+74950000001", "+74950000002"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """``main()`` points structlog at the captured stderr, which pytest closes after the test: put the
+    defaults back so later tests do not log into a closed file."""
+    yield
+    structlog.reset_defaults()
 
 
 async def fill(store: Store, now: float) -> None:
