@@ -158,6 +158,10 @@ class AmiClient:
                 self._failed("ami_login_failed", e, level="error")
             except (OSError, TimeoutError, AmiError) as e:
                 self._failed("ami_connect_failed", e)
+            except Exception as e:  # a bug must cost one session, never the link for good
+                self.last_error = f"{type(e).__name__}: {e}"
+                with contextlib.suppress(Exception):
+                    log.exception("ami_session_crashed")
             finally:
                 self._close()
             if self._stopping:

@@ -48,11 +48,32 @@ def build_parts(rt: Runtime) -> list[Part]:
 
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
     parts: list[Part] = [screener, AgiServer(rt.cfg.agi, {"screen": screener.handle})]
+    parts.extend(_missed_call_parts(rt, screener))
     if rt.cfg.web.enabled:
         # Last: it reports on the others (readiness), so they exist when it serves.
         from callguard.web import WebServer
 
         parts.append(WebServer(rt))
+    return parts
+
+
+def _missed_call_parts(rt: Runtime, screener: Any) -> list[Part]:
+    """The outbox worker always runs (queued leads leave even with AMI off); with ``ami.enabled`` the
+    tracker and the AMI link too. Start order outbox → calls → ami, so stop (reverse) ends intake first,
+    then persists the tracker's outcomes, then stops delivery."""
+    from callguard.outbox import OutboxWorker
+    from callguard.sinks import build_sink
+
+    worker = OutboxWorker(rt.cfg, rt.store, build_sink(rt.cfg, rt))
+    parts: list[Part] = [worker]
+    if rt.cfg.ami.enabled:
+        from callguard.ami import AmiClient
+        from callguard.callflow import CallFlow
+        from callguard.calls import CallTracker
+
+        flow = CallFlow(CallTracker(rt.cfg), rt.store, on_lead=worker.wake)
+        screener.subscribe(flow.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid
+        parts += [flow, AmiClient(rt.cfg.ami, flow.on_event, flow.on_link_lost)]
     return parts
 
 

@@ -25,7 +25,7 @@ import structlog
 
 from callguard import metrics
 from callguard.config import Config
-from callguard.errors import CallguardError, CrmRejectedError, RateLimitedError, SinkError
+from callguard.errors import CallguardError, CrmAuthError, CrmRejectedError, RateLimitedError, SinkError
 from callguard.leads import Delivery, LeadSink, MissedCall
 from callguard.store import Store
 from callguard.store.outbox import OutboxItem
@@ -149,6 +149,9 @@ class OutboxWorker:
             raise
         except RateLimitedError as e:
             await self._retry(bound, call.linkedid, attempts, _text(e), e.retry_after)
+        except CrmAuthError as e:
+            # the request is fine, the credentials are not: wait for an operator, never dead-letter
+            await self._retry(bound, call.linkedid, attempts, _text(e), give_up=False)
         except (CrmRejectedError, SinkError) as e:
             if isinstance(e, CrmRejectedError) or e.permanent:  # type: ignore[union-attr]
                 await self._dead(bound, call.linkedid, _text(e))
@@ -184,10 +187,10 @@ class OutboxWorker:
 
     async def _retry(
         self, bound: structlog.typing.FilteringBoundLogger, linkedid: str, attempts: int, error: str,
-        retry_after: float | None = None,
+        retry_after: float | None = None, give_up: bool = True,
     ) -> None:
         self.failed += 1
-        if attempts >= self.cfg.outbox.max_attempts:
+        if give_up and attempts >= self.cfg.outbox.max_attempts:
             await self._dead(bound, linkedid, f"gave up after {attempts} attempts: {error}")
             return
         delay = backoff(attempts, float(self.cfg.outbox.backoff_base), float(self.cfg.outbox.backoff_cap), self.rng)

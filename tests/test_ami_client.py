@@ -15,7 +15,7 @@ from callguard.ami import AmiClient
 from callguard.amiwire import Frame
 from callguard.calls import CallOutcome, CallTracker, Outcome
 from callguard.config import AmiConfig, Config
-from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, frames
+from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, frames, fresh_logging  # noqa: F401 (fresh_logging: autouse)
 
 
 def ami_cfg(cfg: Config, port: int, **kw: float) -> AmiConfig:

@@ -12,7 +12,7 @@ from callguard.amiwire import Frame, FrameFeeder
 from callguard.calls import CallOutcome, CallTracker, Outcome
 from callguard.config import Config
 from callguard.store.screens import ScreenRecord
-from tests.fakes.asterisk_ami import CALLERS, EXPECTED, frames, relabel, timed_chunks
+from tests.fakes.asterisk_ami import CALLERS, EXPECTED, frames, fresh_logging, relabel, timed_chunks  # noqa: F401 (fresh_logging: autouse)
 
 DID = {"s13_ringgroup_noanswer": "5552000", "s14_direct_busy": "5553000"}
 

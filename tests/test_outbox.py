@@ -14,11 +14,12 @@ from pathlib import Path
 import pytest
 
 from callguard.config import Config
-from callguard.errors import CrmRejectedError, CrmUnavailableError, RateLimitedError, SinkError
+from callguard.errors import CrmAuthError, CrmRejectedError, CrmUnavailableError, RateLimitedError, SinkError
 from callguard.leads import Delivery, MissedCall
 from callguard.outbox import OutboxWorker, backoff
 from callguard.store import Store
 from callguard.store.calls import CallRow
+from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (fresh_logging: autouse)
 
 
 class Clock:
@@ -139,6 +140,19 @@ async def test_permanent_failure_is_a_dead_letter_at_once_then_retry_and_drop(
     await w.run_once()
     assert [c.linkedid for c in sink.calls] == ["L2", "L1"]
     assert not await store.outbox.drop("L1")  # sent, not dead: kept
+
+
+async def test_auth_failure_waits_for_fixed_credentials_never_dead(cfg: Config, store: Store) -> None:
+    clock, sink = Clock(), RecordingSink(*[CrmAuthError("401", 401)] * 5)
+    await add(store, "L1", clock)
+    w = worker(cfg, store, sink, clock, max_attempts=2, backoff_cap=60.0)
+    for _ in range(5):
+        assert await w.run_once() == 1
+        item = await store.outbox.get("L1")
+        assert item is not None and item.state == "pending" and item.next_at - clock() <= 60.0
+        clock.t = item.next_at
+    await w.run_once()  # credentials fixed
+    assert [c.linkedid for c in sink.calls] == ["L1"]
 
 
 async def test_rate_limit_honours_retry_after(cfg: Config, store: Store) -> None:

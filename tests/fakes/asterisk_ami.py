@@ -13,8 +13,12 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
+import structlog
 
 from callguard.amiwire import EOM, Frame, FrameFeeder, parse_stream
 
@@ -183,3 +187,12 @@ def _with_action_id(response: bytes, action_id: str) -> bytes:
 
 def events_after_login(name: str) -> bytes:
     return split_recording(raw(name))[2]
+
+
+@pytest.fixture(autouse=True)
+def fresh_logging() -> Iterator[None]:
+    """``cli.main`` configures structlog onto the sys.stderr of the test that ran it, a capture stream
+    pytest closes afterwards; start every test of ours from structlog's defaults instead."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
