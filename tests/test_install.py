@@ -32,9 +32,9 @@ def tree_hash(root: Path) -> str:
     return h.hexdigest()
 
 
-def install(root: Path, **env: str) -> str:
+def install(root: Path, script: Path = INSTALL, **env: str) -> str:
     run_env = {**os.environ, "DESTDIR": str(root), **env}
-    proc = subprocess.run(["bash", str(INSTALL)], env=run_env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", str(script)], env=run_env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -164,11 +164,18 @@ def test_existing_config_is_untouched_and_an_old_unit_is_updated(tmp_path: Path)
 def test_real_venv_path(tmp_path: Path) -> None:
     """The venv branch for real: a fresh venv, pip installing this checkout, then a no-op second run.
     ``--no-deps`` keeps it to callguard itself (the dependencies come from the same pip call on a host)."""
+    # A private copy of the checkout: pip builds in-tree, and the copy cannot change between the runs.
+    src = tmp_path / "src"
+    for name in ("callguard", "scripts", "dialplan"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "config.toml"):
+        shutil.copy(ROOT / name, src / name)
+    script = src / "scripts" / "install.sh"
     root = tmp_path / "root"
     python = Path(sys.base_prefix) / "bin" / "python3"
     env = {"PYTHON": str(python), "CALLGUARD_PIP_OPTS": "--no-deps"}
     run_env = {**os.environ, "DESTDIR": str(root), **env}
-    proc = subprocess.run(["bash", str(INSTALL)], env=run_env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["bash", str(script)], env=run_env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0 and "No matching distribution found for setuptools" in proc.stderr:
         pytest.skip("no package index reachable for pip's build dependencies")
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -180,6 +187,6 @@ def test_real_venv_path(tmp_path: Path) -> None:
     ).stdout.strip()
     assert version and (venv / "bin" / "callguard").exists()
     first = tree_hash(root)
-    out = install(root, **env)
+    out = install(root, script, **env)
     assert "venv up to date" in out
     assert tree_hash(root) == first
