@@ -152,12 +152,21 @@ class SyncService:
     # --- polling --------------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
+        # A restart right after a sync waits out the interval instead of hitting the CRM again at once.
+        state = await self.store.sync_state.get(self.source)
+        first_wait = 0.0 if state.full_page else state.last_sync_at + self.cfg.sync.interval - self.clock()
+        await self._sleep(first_wait)
         while True:
             await self.run_once()
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(self.cfg.sync.interval):
-                    await self._wake.wait()
+            await self._sleep(self.cfg.sync.interval)
+
+    async def _sleep(self, seconds: float) -> None:
+        self._wake.clear()
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await self._wake.wait()
 
     async def run_once(self, force_full: bool = False) -> SyncReport | None:
         """A full sync when one is unfinished, due or forced; otherwise an incremental one."""
