@@ -148,8 +148,9 @@ class FakeAmo(FakeServer):
         if request.path != "/oauth2/access_token" and request.headers.get("Authorization") != f"Bearer {self.token}":
             return problem(401, "Unauthorized", "Token is invalid or expired")
         response = await handler(request)
-        if injected is not None and injected[0] == "after":
-            return problem(injected[1], "Gateway Timeout", "reply lost after the change was made")
+        lost = self.take_after(f"{request.method} {request.path}")
+        if lost is not None:
+            return problem(lost, "Gateway Timeout", "reply lost after the change was made")
         return response
 
     def _params(self, request: web.Request, route: str) -> dict[str, list[str]] | web.Response:

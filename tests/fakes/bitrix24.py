@@ -123,8 +123,9 @@ class FakeBitrix(FakeServer):
         except BadRequest as e:
             self.strict_error(f"{method}: {e}")
             return error(400, "", str(e))
-        if injected is not None and injected[0] == "after":
-            return error(injected[1], "INTERNAL_SERVER_ERROR", "reply lost after the change was made")
+        lost = self.take_after(method)
+        if lost is not None:
+            return error(lost, "INTERNAL_SERVER_ERROR", "reply lost after the change was made")
         started = time.time()
         result.setdefault("time", {"start": started, "finish": started, "duration": 0.001, "operating": 0,
                                     "date_start": self._clock.isoformat(), "operating_reset_at": started + 600})

@@ -21,6 +21,7 @@ class FakeServer:
         self.violations = 0  # requests over the rate limit (answered 429/503)
         self.calls: collections.Counter[str] = collections.Counter()
         self._inject: collections.deque[tuple[str, Any]] = collections.deque()
+        self._after: list[tuple[str, int]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -37,11 +38,19 @@ class FakeServer:
         for _ in range(times):
             self._inject.append(("stall", seconds))
 
-    def fail_after_commit(self, status: int = 504, times: int = 1) -> None:
-        """The next ``times`` requests are served (state changes!) but answered ``status``: the lost
-        reply after the CRM accepted, which makes a naive retry create a duplicate."""
+    def fail_after_commit(self, status: int = 504, times: int = 1, match: str = "") -> None:
+        """The next ``times`` requests (whose key contains ``match``: "POST /api/v4/leads", "crm.lead.add")
+        are served (state changes!) but answered ``status``: the lost reply after the CRM accepted, which
+        makes a naive retry create a duplicate."""
         for _ in range(times):
-            self._inject.append(("after", status))
+            self._after.append((match, status))
+
+    def take_after(self, key: str) -> int | None:
+        for i, (match, status) in enumerate(self._after):
+            if match in key:
+                del self._after[i]
+                return status
+        return None
 
     def strict_error(self, message: str) -> None:
         self.errors.append(message)
