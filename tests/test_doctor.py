@@ -24,6 +24,7 @@ from callguard.cli.doctor import (
     check_ami_permissions,
     check_crm,
     check_store,
+    check_web,
     run_checks,
 )
 from callguard.config import Config, load_config
@@ -147,6 +148,44 @@ async def test_agi_port_taken_by_someone_else(cfg: Config) -> None:
     assert r.status == "fail" and "another program" in r.message and "agi.port" in r.fix
 
 
+# --- web port -------------------------------------------------------------------------------------
+
+
+async def test_web_port_free_ours_or_taken(cfg: Config, store: Store) -> None:
+    from callguard.app import Runtime
+    from callguard.web import WebServer
+
+    free = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=free_port()))
+    assert (await check_web(free)).status == "ok"
+    assert (await check_web(dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, enabled=False)))).status \
+        == "skip"
+    for token in ("", "t0ken-t0ken"):
+        running = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=0, token=token))
+        server = WebServer(Runtime(running, store, parse_schedule(cfg.hours)))
+        await server.start()
+        try:
+            assert server.port is not None
+            r = await check_web(dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=server.port)))
+        finally:
+            await server.stop()
+        assert r.status == "ok" and "running callguard" in r.message, token
+
+    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(100)
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>router</html>")
+        await writer.drain()
+        writer.close()
+
+    server2 = await asyncio.start_server(other, "127.0.0.1", 0)
+    try:
+        port = int(server2.sockets[0].getsockname()[1])
+        r = await check_web(dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=port)))
+    finally:
+        server2.close()
+        await server2.wait_closed()
+    assert r.status == "fail" and "web.port" in r.fix
+
+
 # --- AMI ------------------------------------------------------------------------------------------
 
 
@@ -240,22 +279,23 @@ async def test_crm_answering_401(tmp_path: Path) -> None:
 
 
 async def test_all_checks_in_order(cfg: Config, tmp_path: Path) -> None:
-    cfg = dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=free_port()))
+    cfg = dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=free_port()),
+                              web=dataclasses.replace(cfg.web, port=free_port()))
     results = await run_checks(cfg, tmp_path)
     assert [(r.name, r.status) for r in results] == [
-        ("config", "ok"), ("store", "ok"), ("agi port", "ok"), ("ami", "skip"), ("crm", "skip")
+        ("config", "ok"), ("store", "ok"), ("agi port", "ok"), ("web port", "ok"), ("ami", "skip"), ("crm", "skip")
     ]
     assert str(cfg.source) in results[0].message
 
 
 def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conf = tmp_path / "config.toml"
-    conf.write_text(f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {free_port()}\n')
+    conf.write_text(f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {free_port()}\n[web]\nport = {free_port()}\n')
     assert main(["--config", str(conf), "doctor", "--asterisk-etc", str(tmp_path)]) == 0
     out = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in out] == ["ok", "ok", "ok", "skip", "skip"]
+    assert [line.split()[0] for line in out] == ["ok", "ok", "ok", "ok", "skip", "skip"]
 
-    conf.write_text(f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {free_port()}\n'
+    conf.write_text(f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {free_port()}\n[web]\nenabled = false\n'
                     f'[ami]\nenabled = true\nport = {free_port()}\nsecret = "s"\n')
     assert main(["--config", str(conf), "doctor", "--asterisk-etc", str(tmp_path)]) == 1
     out = capsys.readouterr().out

@@ -61,6 +61,7 @@ async def run_checks(cfg: Config, asterisk_etc: Path = Path("/etc/asterisk")) ->
     results = [Result("ok", "config", f"loaded from {source}")]
     results.append(await asyncio.to_thread(check_store, cfg.store.path))
     results.append(await check_agi(cfg))
+    results.append(await check_web(cfg))
     results += await check_ami(cfg, asterisk_etc)
     results.append(await check_crm(cfg))
     return results
@@ -148,6 +149,40 @@ async def _agi_converse(reader: asyncio.StreamReader, writer: asyncio.StreamWrit
                 writer.write(b"200 result=1\n")
                 await writer.drain()
     return first
+
+
+# --- web port -------------------------------------------------------------------------------------
+
+
+async def check_web(cfg: Config) -> Result:
+    web = cfg.web
+    if not web.enabled:
+        return Result("skip", "web port", "web.enabled = false: no /readyz, /metrics or CRM webhooks",
+                      "set web.enabled = true to scrape metrics and receive CRM webhooks")
+    where = f"{web.host}:{web.port}"
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            reader, writer = await asyncio.open_connection(web.host, web.port)
+    except (ConnectionRefusedError, TimeoutError):
+        return Result("ok", "web port", f"{where} is free (callguard run will listen there)")
+    except OSError as e:
+        return Result("fail", "web port", f"cannot probe {where}: {e.strerror or e}",
+                      "set web.host to an address of this host (127.0.0.1 unless scraped from elsewhere)")
+    try:
+        writer.write(f"GET /healthz HTTP/1.0\r\nHost: {web.host}\r\n\r\n".encode())
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            head = (await reader.read(4096)).decode("latin-1", "replace")
+    except (TimeoutError, ConnectionError):
+        head = ""
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+    # Ours: /healthz says ok, or asks for the bearer token callguard's web part wants.
+    if head.startswith("HTTP/1.") and ('{"status": "ok"}' in head or "WWW-Authenticate: Bearer" in head):
+        return Result("ok", "web port", f"{where} answered by a running callguard")
+    return Result("fail", "web port", f"{where} is taken by another program",
+                  "stop that program or set web.port to a free port")
 
 
 # --- AMI ------------------------------------------------------------------------------------------
