@@ -49,6 +49,11 @@ def build_parts(rt: Runtime) -> list[Part]:
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
     parts: list[Part] = [screener, AgiServer(rt.cfg.agi, {"screen": screener.handle})]
     parts.extend(_missed_call_parts(rt, screener))
+    if rt.cfg.crm.kind != "none":
+        # Before web: webhooks hand contact ids to the running sync part.
+        from callguard.sync import build_sync
+
+        parts.append(build_sync(rt))
     if rt.cfg.web.enabled:
         # Last: it reports on the others (readiness), so they exist when it serves.
         from callguard.web import WebServer

@@ -78,6 +78,7 @@ class SyncService:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._lock = asyncio.Lock()  # one sync at a time: a webhook refresh waits for the page in flight
+        self.synced = asyncio.Event()  # set after each successful run (readiness, tests)
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -194,6 +195,7 @@ class SyncService:
         metrics.SYNC_RUNS.labels(kind, "ok").inc()
         metrics.SYNC_AGE.set(0)
         await self._count()
+        self.synced.set()
         return report
 
     def _failed(self, kind: str, e: BaseException) -> None:
