@@ -25,6 +25,7 @@ from callguard.store.screens import ScreenRecord
 log = structlog.get_logger("callguard.calls")
 
 SWEEP_MAX = 30.0
+STOP_BOUND = 10.0  # seconds to persist queued outcomes on SIGTERM (systemd's stop bound is larger)
 
 
 class CallFlow:
@@ -45,8 +46,10 @@ class CallFlow:
         # cancelled write (SIGTERM) is redone by stop(): INSERT OR IGNORE makes the redo harmless.
         self._pending: deque[CallOutcome] = deque()
         self._ready = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[None]] = []  # [writer, sweeper]
+        self._stopping = False
         self.persisted = 0
+        self.recorded = asyncio.Event()  # set after each outcome is in the store (tests, health)
 
     # --- inputs (synchronous, called on the loop) ---------------------------------------------------
 
@@ -84,14 +87,24 @@ class CallFlow:
                        asyncio.create_task(self._sweeper(), name="calls-sweeper")]
 
     async def stop(self) -> None:
-        """Intake has stopped (the AMI part stops first): persist what is queued, then end."""
-        for task in self._tasks:
+        """Intake has stopped (the AMI part stops first): persist what is queued, then end. The writer is
+        asked to finish, not cancelled: a write cancelled mid-transaction would leave the connection open."""
+        self._stopping = True
+        for task in self._tasks[1:]:
             task.cancel()
-        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        self._ready.set()
+        if self._tasks:
+            writer = self._tasks[0]
+            try:
+                await asyncio.wait_for(asyncio.shield(writer), STOP_BOUND)
+            except TimeoutError:
+                writer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await writer
+                log.error("calls_persist_timeout", pending=len(self._pending))
         self._tasks = []
-        await self.flush()
         if len(self.tracker):
             log.info("calls_open_at_shutdown", open_calls=len(self.tracker))
 
@@ -109,8 +122,12 @@ class CallFlow:
             except Exception:
                 # kept for the next try: a missed call must not be lost to a busy disk
                 log.exception("call_record_failed", pending=len(self._pending))
+                if self._stopping:
+                    return
                 await asyncio.sleep(1.0)
                 self._ready.set()
+            if self._stopping:
+                return
 
     async def _persist(self, o: CallOutcome) -> None:
         assert self.store is not None
@@ -119,6 +136,7 @@ class CallFlow:
         lead = o.to_missed().to_json() if o.is_lead else None
         fresh = await self.store.calls.record(row, lead, self.clock())
         self.persisted += 1
+        self.recorded.set()
         if not fresh:
             log.info("call_already_recorded", linkedid=o.linkedid, outcome=o.outcome.value)
         elif lead is not None and self.on_lead is not None:

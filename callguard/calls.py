@@ -207,9 +207,9 @@ class CallTracker:
             out.append(self._finish(call, now, lost=reason))
         return out
 
-    def drain(self, now: float) -> list[CallOutcome]:
-        """Shutdown: every open call ends as lost (its end will never be seen by this process)."""
-        return [self._finish(call, now, lost="shutdown") for call in list(self._calls.values())]
+    def drain(self, now: float, reason: str = "shutdown") -> list[CallOutcome]:
+        """Every open call ends as lost: its end will never be seen (shutdown, end of a capture)."""
+        return [self._finish(call, now, lost=reason) for call in list(self._calls.values())]
 
     # --- bookkeeping --------------------------------------------------------------------------------
 
