@@ -125,6 +125,6 @@ def build_sink(cfg: Config, rt: Runtime | None = None) -> LeadSink:
     if kind == "crm":
         from callguard.crm.sink import build_crm_sink  # written with the CRM adapters; imported lazily
 
-        sink: LeadSink = build_crm_sink(cfg)
+        sink: LeadSink = build_crm_sink(cfg, rt.store if rt is not None else None)
         return sink
     return LogSink()
