@@ -26,6 +26,7 @@ from callguard import metrics
 from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
 from callguard.errors import ConfigError
+from callguard.screen_service import variables_for
 
 log = structlog.get_logger("callguard.web")
 
@@ -215,6 +216,7 @@ class WebApp:
                  "source": contact.source}
                 if contact else None
             ),
+            "variables": dict(variables_for(decision)),
         })
 
     async def stats(self, request: web.Request) -> web.Response:

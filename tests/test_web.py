@@ -218,6 +218,7 @@ async def test_check_and_stats_api(tmp_path: Path) -> None:
         assert status == 200
         assert (data["normalised"], data["verdict"], data["reason"]) == ("+79123456789", "spam", "local_block")
         assert data["did"] == "+74951234567"
+        assert data["variables"] == {"CALLGUARD_VERDICT": "spam"}
         status, body, _ = await r.get("/v1/check/+79990000000")
         assert json.loads(body)["verdict"] == "clean"
 
