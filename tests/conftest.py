@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from callguard.config import Config, load_config
 from callguard.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    """``cli.main()`` points structlog at the captured stderr, which pytest closes after the test."""
+    yield
+    structlog.reset_defaults()
 
 
 @pytest.fixture
