@@ -124,6 +124,7 @@ class AmiClient:
         self.last_event_at = 0.0
         self.connected_since = 0.0
         self.version = ""
+        self._by_event: dict[str, int] = {}
         self._down = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
@@ -140,6 +141,7 @@ class AmiClient:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.manager.send_action({"Action": "Logoff"}), LOGOFF_TIMEOUT)
         self._close()
+        self.publish_counts()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -220,6 +222,7 @@ class AmiClient:
     async def _pinger(self) -> None:
         while True:
             await asyncio.sleep(float(self.cfg.ping_interval))
+            self.publish_counts()
             try:
                 await asyncio.wait_for(self.manager.send_action({"Action": "Ping"}), float(self.cfg.pong_timeout))
             except TimeoutError:
@@ -235,11 +238,20 @@ class AmiClient:
         self.events += 1
         self.last_event_at = now
         name = frame.get("Event", "")
-        metrics.AMI_EVENTS.labels(event=name if name in COUNTED_EVENTS else "other").inc()
+        # counted locally, published in batches: a labelled prometheus inc() per event cost ~3 µs
+        key = name if name in COUNTED_EVENTS else "other"
+        self._by_event[key] = self._by_event.get(key, 0) + 1
+        if self.events % 1024 == 0:
+            self.publish_counts()
         try:
             self.on_event(frame, now)
         except Exception:  # a bug downstream must not cost the link or the following events
             log.exception("ami_event_handler_failed", event=name, linkedid=frame.get("Linkedid"))
+
+    def publish_counts(self) -> None:
+        counts, self._by_event = self._by_event, {}
+        for key, n in counts.items():
+            metrics.AMI_EVENTS.labels(event=key).inc(n)
 
     def link_down(self, exc: Exception | None) -> None:
         if exc is not None and not self.last_error:
