@@ -116,6 +116,18 @@ async def test_days_are_local_calendar_days(store: Store) -> None:
     assert [(r.key, r.screened) for r in utc.rows] == [("2026-11-20", 3)]
 
 
+async def test_days_in_zones_off_the_hour(store: Store) -> None:
+    # India is UTC+5:30, Nepal UTC+5:45: a minute either side of their midnight lands on the right day.
+    at = [datetime(2026, 11, 20, 18, m, tzinfo=UTC).timestamp() for m in (14, 16, 29, 31)]
+    async with store.db.write() as conn:
+        for i, t in enumerate(at):
+            await conn.execute("INSERT INTO screens VALUES (?, ?, '+7', ?, 'clean', 'r', 1)", (f"k{i}", t, A))
+    india = await store.stats.report(NOW - 7 * DAY, NOW, "day", ZoneInfo("Asia/Kolkata"))
+    assert [(r.key, r.screened) for r in india.rows] == [("2026-11-20", 3), ("2026-11-21", 1)]
+    nepal = await store.stats.report(NOW - 7 * DAY, NOW, "day", ZoneInfo("Asia/Kathmandu"))
+    assert [(r.key, r.screened) for r in nepal.rows] == [("2026-11-20", 1), ("2026-11-21", 3)]
+
+
 async def test_empty_store_has_no_shares(store: Store) -> None:
     report = await store.stats.report(NOW - DAY, NOW, None)
     assert report.total.answered_share is None and report.total.median_abandon_wait_s is None
