@@ -314,6 +314,10 @@ async def check_crm(cfg: Config) -> Result:
         return Result("skip", "crm", "this build has no CRM adapters", "install a callguard with CRM support")
     try:
         crm = crm_mod.build_crm(cfg)
+    except ModuleNotFoundError as e:
+        if not (e.name or "").startswith("callguard.crm."):
+            raise
+        return Result("skip", "crm", f"this build has no {cfg.crm.kind} adapter", "install a callguard with it")
     except CrmError as e:  # e.g. no base URL: the adapter refuses to exist
         return Result("fail", "crm", f"{cfg.crm.kind}: {e}", f"fill in the [crm.{cfg.crm.kind}] section of the config")
     if crm is None:
