@@ -275,6 +275,39 @@ async def test_crm_answering_401(tmp_path: Path) -> None:
     assert "revoked-token" not in r.line()
 
 
+async def _crm_fake(handler: object) -> tuple[web.AppRunner, int]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)  # type: ignore[arg-type]
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    return runner, int(runner.addresses[0][1])
+
+
+async def test_bitrix24_webhook_answering_401(tmp_path: Path) -> None:
+    pytest.importorskip("callguard.crm.bitrix24", reason="the Bitrix24 adapter is not in this build")
+    paths: list[str] = []
+
+    async def invalid(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        # Bitrix24's answer to a deleted or wrong inbound webhook (crm-apis.md).
+        return web.json_response({"error": "INVALID_CREDENTIALS", "error_description": "Invalid request credentials"},
+                                 status=401)
+
+    runner, port = await _crm_fake(invalid)
+    try:
+        key = "k3y0fth3w3bh00k"
+        path = tmp_path / "config.toml"
+        path.write_text('[crm]\nkind = "bitrix24"\n[crm.bitrix24]\nspam_field = "UF_CRM_SPAM"\n')
+        cfg = load_config(path, env={"CALLGUARD_CRM_WEBHOOK_URL": f"http://127.0.0.1:{port}/rest/1/{key}/"})
+        r = await check_crm(cfg)
+    finally:
+        await runner.cleanup()
+    assert len(paths) == 1 and "crm.contact.fields" in paths[0]
+    assert r.status == "fail" and "rejected the credentials" in r.message and "CALLGUARD_CRM_WEBHOOK_URL" in r.fix
+    assert key not in r.line()
+
+
 # --- the command ----------------------------------------------------------------------------------
 
 
