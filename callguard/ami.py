@@ -84,6 +84,13 @@ class _Protocol(AMIProtocol):
                 self._manager.client.deliver(frame)
             # else: a reply to an action of an earlier connection, or to nobody: dropped
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # panoramisk's close() forgets pending Login/Ping futures; fail them so no one waits in vain
+        for action in list(self.responses.values()):
+            if not action.future.done():
+                action.future.set_exception(AmiError("AMI link closed"))
+        super().connection_lost(exc)
+
 
 class _Manager(Manager):  # type: ignore[misc]
     """Reconnect and ping belong to ``AmiClient``; panoramisk's own timers are switched off."""
@@ -225,6 +232,8 @@ class AmiClient:
             self.publish_counts()
             try:
                 await asyncio.wait_for(self.manager.send_action({"Action": "Ping"}), float(self.cfg.pong_timeout))
+            except AmiError:
+                return  # the link closed under the Ping: run() already knows
             except TimeoutError:
                 self.last_error = f"no Pong within {float(self.cfg.pong_timeout)}s"
                 log.warning("ami_pong_timeout", timeout_s=float(self.cfg.pong_timeout))

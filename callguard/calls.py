@@ -243,7 +243,9 @@ class CallTracker:
         self._done[call.linkedid] = None
         if len(self._done) > DONE_MEMORY:
             self._done.popitem(last=False)
-        outcome, reason = (Outcome.LOST, lost) if lost else self._classify(call, now)
+        outcome, reason = self._classify(call, now)
+        if lost and outcome not in (Outcome.ANSWERED, Outcome.SPAM):
+            outcome, reason = Outcome.LOST, lost  # an answer or a spam verdict stays true without the end
         ended = call.caller_left_at or now
         waited_until = call.answered_at if call.answered_at is not None else ended
         return CallOutcome(

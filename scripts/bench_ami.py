@@ -116,6 +116,7 @@ async def consume(port: int, checkpoints: list[int]) -> None:
     started = 0.0
     todo = list(checkpoints)
     finished = asyncio.Event()
+    last = [0, 0.0]  # events and seconds at the previous checkpoint
 
     def on_event(frame: dict[str, str], now: float) -> None:
         nonlocal seen, started
@@ -127,7 +128,10 @@ async def consume(port: int, checkpoints: list[int]) -> None:
         if todo and seen == todo[0]:
             elapsed = time.perf_counter() - started
             peak, current = rss_mb()
-            print(f"{seen:>10,} events  {seen / elapsed:>9,.0f} events/s  peak RSS {peak:7.1f} MB  "
+            interval = (seen - last[0]) / max(elapsed - last[1], 1e-9)
+            last[:] = [seen, elapsed]
+            print(f"{seen:>10,} events  {seen / elapsed:>9,.0f} events/s (since last {interval:>7,.0f})  "
+                  f"peak RSS {peak:7.1f} MB  "
                   f"RSS now {current:7.1f} MB  open calls {len(tracker):>6,}  "
                   f"calls ended {sum(counts.values()):>8,} (missed {counts.get(Outcome.MISSED.value, 0):,})",
                   flush=True)

@@ -181,3 +181,24 @@ async def test_garbage_from_the_peer_is_counted_not_fatal(cfg: Config, fakes: li
         assert client.connected and client.logins == 1
     finally:
         await client.stop()
+
+
+async def test_link_closed_during_login_is_retried_at_once(cfg: Config, fakes: list[FakeAsterisk]) -> None:
+    """A peer that closes after the banner: the pending Login fails now, not after connect_timeout."""
+
+    async def banner_then_close(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"Asterisk Call Manager/11.0.0\r\n")
+        await reader.read(100)
+        writer.close()
+
+    server = await asyncio.start_server(banner_then_close, "127.0.0.1", 0)
+    got = Collector()
+    client = AmiClient(ami_cfg(cfg, server.sockets[0].getsockname()[1], connect_timeout=30.0), got)
+    try:
+        await client.start()
+        await got.until(lambda: client.reconnects >= 3, limit=3.0)
+        assert "closed" in client.last_error
+    finally:
+        await client.stop()
+        server.close()
+        await server.wait_closed()

@@ -208,3 +208,13 @@ def test_garbage_never_crashes_the_tracker(cfg: Config, name: str, garbage: list
     finished.extend(o.linkedid for o in tracker.expire(1000.0 + cfg.calls.stale_after + 1))
     assert len(finished) == len(set(finished))  # a call ends once
     assert len(tracker) == 0
+
+
+def test_expiry_keeps_what_is_known_for_sure(cfg: Config) -> None:
+    """A long talk with no events outlives stale_after: it was answered, and stays so; no lead."""
+    frs = frames("s02_clean_answered")
+    cut = next(i for i, f in enumerate(frs) if f.get("Event") == "AgentComplete")
+    tracker, out = run(cfg, frs[:cut], now=0.0)
+    assert out == []
+    (o,) = tracker.expire(cfg.calls.stale_after + 1)
+    assert (o.outcome, o.reason) == (Outcome.ANSWERED, "queue") and not o.is_lead
