@@ -6,6 +6,7 @@
 # What it does, and never more:
 #   /opt/callguard/venv                      a Python venv with callguard and its dependencies
 #   /etc/systemd/system/callguard.service    the unit (updated when the shipped one changed)
+#   /opt/callguard/docs/admin.md             the admin guide (the unit's Documentation=)
 #   /etc/callguard/config.toml               only if absent (store.path → /var/lib/callguard/…)
 #   /etc/callguard/callguard.env             only if absent: secrets, root-only (0600)
 #   /etc/asterisk/extensions_callguard.conf, manager_callguard.conf, queues_callguard.conf.example
@@ -119,6 +120,7 @@ main() {
 
   install_venv
   install_file "$SRC/scripts/callguard.service" "$UNIT_DIR/callguard.service" 644
+  install_file "$SRC/docs/admin.md" "$OPT/docs/admin.md" 644
   installed_config "$tmp/config.toml"
   install_new "$tmp/config.toml" "$ETC/config.toml" 644
   env_template "$tmp/callguard.env"

@@ -121,6 +121,7 @@ def test_install_twice_into_a_temp_root(tmp_path: Path) -> None:
     assert "#include extensions_callguard.conf" in out and "#include manager_callguard.conf" in out
     unit = root / "etc" / "systemd" / "system" / "callguard.service"
     assert unit.read_bytes() == UNIT.read_bytes()
+    assert (root / "opt" / "callguard" / "docs" / "admin.md").read_bytes() == (ROOT / "docs" / "admin.md").read_bytes()
     for name in ("extensions_callguard.conf", "manager_callguard.conf", "queues_callguard.conf.example"):
         assert (ast / name).read_bytes() == (ROOT / "dialplan" / name).read_bytes()
     assert (ast / "extensions.conf").read_text() == "[general]\n; the admin's own dialplan\n"
@@ -166,7 +167,7 @@ def test_real_venv_path(tmp_path: Path) -> None:
     ``--no-deps`` keeps it to callguard itself (the dependencies come from the same pip call on a host)."""
     # A private copy of the checkout: pip builds in-tree, and the copy cannot change between the runs.
     src = tmp_path / "src"
-    for name in ("callguard", "scripts", "dialplan"):
+    for name in ("callguard", "scripts", "dialplan", "docs"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md", "config.toml"):
         shutil.copy(ROOT / name, src / name)
