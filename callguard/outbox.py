@@ -87,6 +87,9 @@ class OutboxWorker:
 
     async def _loop(self) -> None:
         while not self._stopping:
+            # Cleared BEFORE the pass, not after: a wake() (new lead) or a stop() arriving while the pass
+            # runs must not be lost, else a lead waits a poll and SIGTERM waits out STOP_GRACE.
+            self._wakeup.clear()
             try:
                 await self.run_once()
                 await self._publish_depth()
@@ -94,7 +97,8 @@ class OutboxWorker:
             except Exception:  # the store or a bug: log, back off, keep the worker alive
                 log.exception("outbox_loop_failed")
                 delay = float(self.cfg.outbox.poll_interval)
-            self._wakeup.clear()
+            if self._stopping:
+                break
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), delay)
 

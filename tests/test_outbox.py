@@ -16,7 +16,7 @@ import pytest
 from callguard.config import Config
 from callguard.errors import CrmAuthError, CrmRejectedError, CrmUnavailableError, RateLimitedError, SinkError
 from callguard.leads import Delivery, MissedCall
-from callguard.outbox import OutboxWorker, backoff
+from callguard.outbox import STOP_GRACE, OutboxWorker, backoff
 from callguard.store import Store
 from callguard.store.calls import CallRow
 from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (fresh_logging: autouse)
@@ -299,6 +299,9 @@ async def test_worker_part_wakes_on_new_items_and_stops(cfg: Config, store: Stor
         w.wake()
         await asyncio.wait_for(sink.got.wait(), 5)
     finally:
-        await w.stop()
+        # stop() ends the idle loop at once (a stop signal arriving mid-pass is not lost), well inside
+        # the grace that would otherwise cancel it
+        async with asyncio.timeout(STOP_GRACE / 2):
+            await w.stop()
     assert sink.closed and [c.linkedid for c in sink.calls] == ["W1"]
     assert json.loads(json.dumps((await store.outbox.get("W1")).payload))["linkedid"] == "W1"  # type: ignore[union-attr]
