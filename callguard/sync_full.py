@@ -5,6 +5,8 @@ Kept apart from ``sync`` for size; ``SyncService.full`` calls ``run_full``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
@@ -32,12 +34,22 @@ async def run_full(svc: SyncService) -> SyncReport:
     else:
         started, token = svc.clock(), None
         await svc.store.sync_state.update(svc.source, full_started_at=started, full_page="")
-    while True:
-        page = await svc.crm.list_page(token)
-        token = page.next_token
-        await svc._write_page(report, page.contacts, (), full_page=token or "")
-        if token is None:
-            break
+    # One page in flight while the previous one is written: the CRM's latency overlaps our work.
+    pending = asyncio.create_task(svc.crm.list_page(token))
+    try:
+        while True:
+            page = await pending
+            token = page.next_token
+            if token is not None:
+                pending = asyncio.create_task(svc.crm.list_page(token))
+            await svc._write_page(report, page.contacts, (), full_page=token or "")
+            if token is None:
+                break
+    finally:
+        if not pending.done():
+            pending.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await pending
     await _recheck(svc, report, started)
     async with svc._lock, svc.store.db.write() as conn:
         report.purged = await svc.store.numbers.purge_older(conn, svc.source, started)

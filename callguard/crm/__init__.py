@@ -108,7 +108,9 @@ def crm_phone(raw: object, region: str) -> str | None:
     the event loop cannot afford); it gives exactly what ``phone.to_e164`` gives for them."""
     if not isinstance(raw, str) or not raw:
         return None
-    if region == "RU":
+    if region == "RU" and raw.isascii():
+        if len(raw) == 12 and raw[0] == "+" and raw[1] == "7" and raw[1:].isdigit():
+            return raw  # already E.164: the common case, no regex
         compact = _FORMATTING.sub("", raw)
         if _PLUS7.fullmatch(compact):
             return compact

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+import orjson
 import structlog
 
 from callguard import metrics
@@ -237,7 +238,8 @@ def _parse(raw: bytes) -> Any:
     if not raw:
         return None
     try:
-        return json.loads(raw)
-    except ValueError:
+        # orjson: a 250-contact amoCRM page is ~200 KB; json.loads takes ~5 ms of loop time on it.
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
         # A 429 body from amoCRM may not be JSON (crm-apis.md 1.2): keep the text for the message.
         return raw[:200].decode("utf-8", "replace")

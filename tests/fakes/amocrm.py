@@ -6,12 +6,11 @@ multitext with ``enum_code``), ``query=`` matching digits anywhere (also in non-
 answered with a non-JSON 429, problem+json 401 for a bad token, OAuth refresh that rotates the refresh
 token, Unsorted ``sip``, leads with tags, call notes, events for deleted contacts, and v2 form-encoded
 webhook bodies. ``generated=N`` serves N synthetic contacts computed per page (the 1M benchmark) without
-holding them in memory. Run standalone: ``python -m tests.fakes.amocrm --generated 1000000``.
+holding them in memory; ``serve()`` runs it standalone (scripts/bench_sync.py).
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import itertools
 import json
@@ -20,6 +19,7 @@ import time
 import urllib.parse
 from typing import Any
 
+import orjson
 from aiohttp import web
 
 from tests.fakes.crmbase import FakeServer, SlidingWindow
@@ -53,7 +53,7 @@ def problem(status: int, title: str, detail: str = "") -> web.Response:
 
 
 def hal(body: Any) -> web.Response:
-    return web.Response(text=json.dumps(body, ensure_ascii=False), content_type="application/hal+json")
+    return web.Response(body=orjson.dumps(body), content_type="application/hal+json")
 
 
 class FakeAmo(FakeServer):
@@ -328,18 +328,12 @@ class FakeAmo(FakeServer):
     )
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    fake = FakeAmo(rps=args.rps or None, generated=args.generated)
+async def serve(generated: int, rps: float | None = None) -> None:
+    """Serve until killed, printing the base URL first (scripts/bench_sync.py runs it in a process)."""
+    fake = FakeAmo(rps=rps, generated=generated)
     url = await fake.start()
     print(url, flush=True)
     try:
         await asyncio.Event().wait()
     finally:
         await fake.close()
-
-
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--generated", type=int, default=0)
-    ap.add_argument("--rps", type=float, default=0)
-    asyncio.run(_serve(ap.parse_args()))
