@@ -31,7 +31,7 @@ PAGE = 250  # the v4 maximum (§1.3)
 MARKER_PREFIX = "callguard:"
 # Pace a little under the configured ceiling: requests sent exactly 1/7 s apart can arrive closer.
 PACING = 0.95
-PARSE_SLICE = 50
+PARSE_SLICE = 25
 
 
 def _truthy(value: Any) -> bool:
@@ -178,8 +178,7 @@ class AmoCrm:
         items = _embedded(body, "contacts")
         out: list[CrmContact] = []
         for i in range(0, len(items), PARSE_SLICE):
-            if i:
-                await asyncio.sleep(0)  # let screens in: a page takes a few ms to parse
+            await asyncio.sleep(0)  # let screens in: decoding and parsing a page takes several ms
             out.extend(parse_contact(c, spam_id, self.region) for c in items[i:i + PARSE_SLICE])
         return out, body
 
