@@ -91,9 +91,11 @@ def generator(port_q: multiprocessing.Queue, total: int, concurrent: int) -> Non
         done = [i for i in range(len(active)) if cursors[i] >= len(active[i])]
         for i in reversed(done):
             del active[i], cursors[i]
-        conn.sendall(b"".join(block))
+        try:
+            conn.sendall(b"".join(block))
+        except OSError:
+            break  # the consumer reached its last checkpoint and hung up
         sent += len(block)
-    time.sleep(1.0)
     conn.close()
 
 
