@@ -59,6 +59,7 @@ DIAL_REASONS = {
 _NO_CALLER = ("", "<unknown>")
 SWEEP_EVERY = 1.0  # seconds of event time between stale sweeps
 DONE_MEMORY = 20_000  # finished Linkedids remembered so late events do not start a phantom call
+BORN_MEMORY = 20_000  # Linkedids born outside the inbound contexts that may Goto one (e.g. from-pstn)
 PENDING_SCREENS = 10_000  # screens whose channel AMI has not shown yet
 
 
@@ -115,7 +116,7 @@ class _Call:
     closed: bool = False
     cause21: bool = False
     caller_left_at: float | None = None
-    gap: bool = False
+    gap: str = ""  # why this call's events are incomplete (never a lead): events_lost | start_unseen
 
 
 class CallTracker:
@@ -129,6 +130,7 @@ class CallTracker:
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._chan: dict[str, str] = {}  # uniqueid → linkedid, live channels of tracked calls
         self._done: OrderedDict[str, None] = OrderedDict()
+        self._born: OrderedDict[str, float] = OrderedDict()  # Linkedid → its first Newchannel's time
         self._pending: OrderedDict[str, ScreenRecord] = OrderedDict()
         self._last_sweep = 0.0
         self.events = 0
@@ -193,12 +195,15 @@ class CallTracker:
     def link_lost(self) -> None:
         """The AMI link dropped: events of every open call may be missing, so none may become a lead."""
         for call in self._calls.values():
-            call.gap = True
+            call.gap = call.gap or "events_lost"
+        self._born.clear()  # they may have reached an inbound context, even been answered, meanwhile
 
     def expire(self, now: float) -> list[CallOutcome]:
         """Calls with no event for ``stale_after`` (and the oldest beyond ``max_calls``) end as lost."""
         out: list[CallOutcome] = []
         limit = now - self.stale_after
+        while self._born and next(iter(self._born.values())) <= limit:
+            self._born.popitem(last=False)
         while self._calls:
             call = next(iter(self._calls.values()))
             if call.last_at > limit and len(self._calls) <= self.max_calls:
@@ -214,11 +219,23 @@ class CallTracker:
     # --- bookkeeping --------------------------------------------------------------------------------
 
     def _maybe_start(self, frame: Frame, lid: str, now: float) -> _Call | None:
-        if frame.get("Context") not in self.inbound_contexts or lid in self._done:
+        event = frame.get("Event")
+        if lid in self._done:
             return None
-        if frame.get("Event") in ("Hangup", "Cdr"):
+        if frame.get("Context") not in self.inbound_contexts:
+            if event == "Newchannel" and frame.get("Uniqueid") == lid:
+                self._born[lid] = now  # may reach an inbound context later (Goto): its start is known
+                if len(self._born) > BORN_MEMORY:
+                    self._born.popitem(last=False)
             return None
-        call = _Call(lid, now, now)
+        if event in ("Hangup", "Cdr"):
+            return None
+        born = self._born.pop(lid, None)
+        call = _Call(lid, now if born is None else born, now)
+        if born is None and not (event == "Newchannel" and frame.get("Uniqueid") == lid):
+            # First seen mid-way: the AMI link was down, or callguard (re)started, when it began. Its
+            # answer may be among what was missed, so it can never be a lead (a phantom otherwise).
+            call.gap = "start_unseen"
         self._calls[lid] = call
         return call
 
@@ -261,7 +278,7 @@ class CallTracker:
         if call.verdict == "spam" or (not call.verdict and call.cause21):
             return Outcome.SPAM, "screened"
         if call.gap:
-            return Outcome.LOST, "events_lost"
+            return Outcome.LOST, call.gap
         reason = _missed_reason(call)
         if (call.caller_left_at or now) - call.started_at < self.min_ring:
             return Outcome.SHORT, reason

@@ -140,6 +140,34 @@ async def test_link_drop_mid_call_reconnects_relogs_in_and_never_makes_a_phantom
     assert by_call == {"1795435939.94": (Outcome.LOST, "stale"), "1795435962.104": (Outcome.MISSED, "abandoned")}
 
 
+async def test_call_answered_while_the_link_was_down_is_no_phantom_lead(
+    cfg: Config, fakes: list[FakeAsterisk]
+) -> None:
+    """The link drops before an answered call starts and comes back after its AgentConnect: the rest of
+    that call (AgentComplete, hang-ups) must not read as a miss. The next call is tracked normally."""
+    body = events_after_login("s02_clean_answered")
+    tail = body[body.index(b"\r\n\r\n", body.index(b"Event: AgentConnect")) + 4:]
+    fake = await serve(fakes, Script(b"", drop=True), Script(tail + events_after_login("s04_caller_abandon")))
+    tracker = CallTracker(cfg)
+    outcomes: list[CallOutcome] = []
+    got = Collector()
+
+    def on_event(frame: Frame, now: float) -> None:
+        outcomes.extend(tracker.feed(frame, now))
+        got(frame, now)
+
+    client = AmiClient(ami_cfg(cfg, fake.port), on_event, tracker.link_lost)
+    await client.start()
+    try:
+        await got.until(lambda: any(o.reason == "abandoned" for o in outcomes))
+        assert client.logins == 2
+    finally:
+        await client.stop()
+    by_call = {o.linkedid: (o.outcome, o.reason) for o in outcomes}
+    assert by_call == {"1795435929.88": (Outcome.LOST, "start_unseen"),
+                       "1795435962.104": (Outcome.MISSED, "abandoned")}
+
+
 async def test_half_open_link_is_detected_by_the_pong_deadline(cfg: Config, fakes: list[FakeAsterisk]) -> None:
     fake = await serve(fakes, Script(silent=True), Script())
     got = Collector()

@@ -120,6 +120,36 @@ def test_closed_userevent_is_after_hours(cfg: Config) -> None:
     assert (o.outcome, o.reason) == (Outcome.MISSED, "after_hours")
 
 
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_a_call_first_seen_mid_way_is_never_a_lead(cfg: Config, name: str) -> None:
+    """The AMI link came back, or callguard (re)started, after the call began: whatever was missed (its
+    AgentConnect, say) the call must not become a lead. Tried at every cut after its first channel."""
+    frs = frames(name)
+    first = next(i for i, f in enumerate(frs) if f.get("Event") == "Newchannel")
+    for cut in range(first + 1, len(frs)):
+        tracker = CallTracker(cfg)
+        out = [o for f in frs[cut:] for o in tracker.feed(f, 1000.0)]
+        out += tracker.expire(1000.0 + cfg.calls.stale_after + 1)
+        assert [o for o in out if o.is_lead] == [], (name, cut, frs[cut].get("Event"))
+        assert all(o.outcome in (Outcome.LOST, Outcome.SPAM, Outcome.ANSWERED) for o in out)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_call_that_reaches_the_inbound_context_by_goto(cfg: Config, name: str) -> None:
+    """A PBX whose trunk context (here: the channel's Newchannel context) does Goto(callguard-inbound):
+    the call is followed from the Goto on, and started when its first channel appeared."""
+    cfg = dataclasses.replace(cfg, ami=dataclasses.replace(cfg.ami, inbound_contexts=["callguard-inbound"]))
+    frs = [f if f.get("Event") == "Newchannel" or f.get("Context") != "from-trunk"
+           else {**f, "Context": "callguard-inbound"} for f in frames(name)]
+    tracker = CallTracker(cfg)
+    out = []
+    for i, f in enumerate(frs):
+        out.extend(tracker.feed(f, 1000.0 + i))
+    assert [(o.outcome.value, o.reason) for o in out] == [EXPECTED[name]]
+    first = next(i for i, f in enumerate(frs) if f.get("Event") == "Newchannel")
+    assert out[0].started_at == 1000.0 + first
+
+
 def test_link_lost_mid_call_never_makes_a_lead(cfg: Config) -> None:
     frs = frames("s03_queue_timeout")
     half = len(frs) // 2
