@@ -248,3 +248,21 @@ def test_expiry_keeps_what_is_known_for_sure(cfg: Config) -> None:
     assert out == []
     (o,) = tracker.expire(cfg.calls.stale_after + 1)
     assert (o.outcome, o.reason) == (Outcome.ANSWERED, "queue") and not o.is_lead
+
+
+def test_direct_dial_answered_needs_a_bridge_an_ivr_answer_is_not_a_person(cfg: Config) -> None:
+    frs = frames("s13_ringgroup_noanswer")
+    i = next(i for i, f in enumerate(frs) if f.get("Event") == "DialEnd" and f.get("Channel", "").endswith(";2"))
+    caller = frs[i]
+    answered = dict(caller, DialStatus="ANSWER")
+    bridged = {k: caller[k] for k in ("Channel", "Context", "Exten", "Uniqueid", "Linkedid")}
+    bridged.update(Event="BridgeEnter", BridgeUniqueid="b-1")
+    (o,) = run(cfg, [*frs[:i], answered, bridged, *frs[i + 1:]])[1]
+    assert (o.outcome, o.reason) == (Outcome.ANSWERED, "dial")
+    # the caller's own channel going Up (an IVR Answer()) decides nothing
+    up = dict(bridged, Event="Newstate", ChannelState="6", ChannelStateDesc="Up")
+    (o,) = run(cfg, [*frs[:i], up, *frs[i:]])[1]
+    assert (o.outcome, o.reason) == (Outcome.MISSED, "no_answer")
+    # a dial answered but never bridged (the callee hung up at once) is not a person either
+    (o,) = run(cfg, [*frs[:i], answered, *frs[i + 1:]])[1]
+    assert o.outcome is Outcome.MISSED

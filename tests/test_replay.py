@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from callguard.agi import AgiServer
 from callguard.ami import AmiClient
@@ -189,3 +190,32 @@ def _outbox_cli(cfg: Config, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(_cli(cfg, "outbox", "list", "--state", "all", "--json")) == 0
     states = {j["linkedid"]: j["state"] for j in map(json.loads, capsys.readouterr().out.splitlines())}
     assert states == {"D1": "pending", "P1": "pending"}
+
+
+async def test_link_drop_mid_call_is_logged_as_lost_and_makes_no_lead(cfg: Config, store: Store) -> None:
+    body = events_after_login("s03_queue_timeout")
+    cut = body.index(b"Event: QueueCallerJoin")
+    fake = await FakeAsterisk([Script(body[:cut], drop=True), Script(events_after_login("s14_direct_busy"))]).start()
+    cfg = live_cfg(cfg, fake.port)
+    cfg = dataclasses.replace(cfg, calls=dataclasses.replace(cfg.calls, stale_after=0.2))
+    flow = CallFlow(CallTracker(cfg), store)
+    client = AmiClient(cfg.ami, flow.on_event, flow.on_link_lost)
+    with capture_logs() as logs:
+        await flow.start()
+        await client.start()
+        try:
+            async with asyncio.timeout(10):
+                while flow.outcomes.get("lost", 0) < 1 or flow.outcomes.get("missed", 0) < 1:
+                    flow.recorded.clear()
+                    await flow.recorded.wait()
+        finally:
+            await client.stop()
+            await flow.stop()
+            await fake.stop()
+    assert client.logins == 2
+    events = [e["event"] for e in logs]
+    assert "ami_link_lost" in events and "calls_events_lost" in events
+    (lost,) = [e for e in logs if e["event"] == "call_lost"]
+    assert lost["linkedid"] == "1795435939.94" and lost["reason"] == "stale"
+    assert await store.outbox.counts() == {"pending": 1}  # only the busy call from after the reconnect
+    assert (await store.outbox.get("1795440311.12")) is not None
