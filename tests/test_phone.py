@@ -125,3 +125,17 @@ def test_never_raises_on_any_text(raw: str) -> None:
 def test_russian_mobile_formats_agree(subscriber: str, shape: str) -> None:
     raw = shape.format(subscriber) if "(" not in shape else f"+7 ({subscriber[:3]}) {subscriber[3:]}"
     assert normalise(raw, "RU").e164 == "+7" + subscriber
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.from_regex(r"[0-9]{10}", fullmatch=True),
+    st.sampled_from(["+7{}", "8{}", "7{}", "+7 ({}) {}-{}", "8 {} {} {}"]),
+)
+def test_fast_path_agrees_with_phonenumbers(nsn: str, shape: str) -> None:
+    from callguard.phone import _extract, _parse
+
+    raw = shape.format(nsn[:3], nsn[3:6], nsn[6:]) if "{}" in shape[3:] else shape.format(nsn)
+    text = _extract(raw)
+    digits = "".join(ch for ch in text if ch.isdigit())
+    assert normalise(raw, "RU") == _parse(raw, text, digits, "RU")
