@@ -85,16 +85,27 @@ class Database:
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction; commits on success, rolls back on any error."""
+        """One write transaction; commits on success, rolls back on any error.
+
+        Safe to cancel: the statements run on aiosqlite's thread whatever happens to the awaiting task,
+        so each is shielded and runs to its end, and a transaction a cancelled ``BEGIN`` left open is
+        rolled back before the next one starts.
+        """
         async with self._lock:
-            await self._writer.execute("BEGIN IMMEDIATE")
+            if self._writer.in_transaction:
+                await asyncio.shield(self._writer.rollback())
+            begin = asyncio.ensure_future(self._writer.execute("BEGIN IMMEDIATE"))
             try:
+                await asyncio.shield(begin)
                 yield self._writer
             except BaseException:
-                await self._writer.execute("ROLLBACK")
+                if not begin.done():  # cancelled while BEGIN was queued: let it land, then undo it
+                    await asyncio.wait([begin])
+                if self._writer.in_transaction:
+                    await asyncio.shield(self._writer.execute("ROLLBACK"))
                 raise
             else:
-                await self._writer.execute("COMMIT")
+                await asyncio.shield(self._writer.execute("COMMIT"))
 
     async def schema_version(self) -> int:
         async with self.reader.execute("PRAGMA user_version") as cur:

@@ -1,0 +1,79 @@
+"""The store's transaction rules: single writer, rollback on error, cancel-safe, refuses newer schemas."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from callguard.errors import SchemaTooNewError
+from callguard.store import Store
+from callguard.store.migrations import LATEST
+
+
+async def test_error_rolls_back(store: Store) -> None:
+    with pytest.raises(RuntimeError):
+        async with store.db.write() as conn:
+            await conn.execute("INSERT INTO overrides VALUES ('+1', 'block', '', 0)")
+            raise RuntimeError("boom")
+    assert await store.overrides.count() == {}
+
+
+async def test_cancelled_writer_leaves_no_open_transaction(store: Store) -> None:
+    async def slow_write() -> None:
+        async with store.db.write() as conn:
+            await conn.execute("INSERT INTO overrides VALUES ('+1', 'block', '', 0)")
+            await asyncio.sleep(10)
+
+    # Cancel at every point: before BEGIN is sent, while it is queued on the thread, inside the body.
+    for yields in [*range(8), 50]:
+        task = asyncio.create_task(slow_write())
+        for _ in range(yields):
+            await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await store.overrides.upsert_many([("+2", "allow", "after cancel")])
+        assert await store.overrides.count() == {"allow": 1}
+        await store.overrides.delete("+2")
+
+
+async def test_readers_never_see_half_a_transaction(store: Store) -> None:
+    gate = asyncio.Event()
+
+    async def writer() -> None:
+        async with store.db.write() as conn:
+            await conn.execute("INSERT INTO overrides VALUES ('+79123456789', 'block', '', 0)")
+            gate.set()
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(writer())
+    await gate.wait()
+    assert (await store.numbers.lookup("+79123456789")).override is None
+    await task
+    assert (await store.numbers.lookup("+79123456789")).override == "block"
+
+
+async def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cg.sqlite3"
+    s = await Store.open(path)
+    async with s.db.write() as conn:
+        await conn.execute(f"PRAGMA user_version = {LATEST + 1}")
+    await s.close()
+    with pytest.raises(SchemaTooNewError, match="newer than this callguard supports"):
+        await Store.open(path)
+
+
+async def test_reopen_keeps_data_and_version(tmp_path: Path) -> None:
+    path = tmp_path / "cg.sqlite3"
+    s = await Store.open(path)
+    await s.overrides.upsert_many([("+79123456789", "block", "x")])
+    await s.close()
+    s = await Store.open(path)
+    try:
+        assert await s.db.schema_version() == LATEST
+        assert (await s.numbers.lookup("+79123456789")).override == "block"
+        assert await s.db.integrity_check() == "ok"
+    finally:
+        await s.close()
