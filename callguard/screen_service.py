@@ -12,6 +12,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 
@@ -100,6 +101,25 @@ class ScreenService:
             phone, self.did_key(did_raw), now or datetime.now(UTC), lookup, self.cfg.screening, self.schedule
         )
         return phone, decision
+
+    async def explain(self, caller_raw: str, did_raw: str = "") -> dict[str, Any]:
+        """``check`` as a JSON-ready document: what ``callguard check --json`` and ``/v1/check`` show."""
+        phone, decision = await self.check(caller_raw, did_raw)
+        contact = decision.contact
+        return {
+            "input": caller_raw,
+            "kind": phone.kind.value,
+            "normalised": phone.key,
+            "did": self.did_key(did_raw) if did_raw else "",
+            "verdict": decision.verdict.value,
+            "reason": decision.reason,
+            "contact": (
+                {"id": contact.contact_id, "name": contact.name, "owner": contact.owner, "spam": contact.spam,
+                 "source": contact.source}
+                if contact else None
+            ),
+            "variables": dict(variables_for(decision)),
+        }
 
     # --- the AGI route ----------------------------------------------------------------------------
 

@@ -26,7 +26,6 @@ from callguard import metrics
 from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
 from callguard.errors import ConfigError
-from callguard.screen_service import variables_for
 
 log = structlog.get_logger("callguard.web")
 
@@ -209,23 +208,7 @@ class WebApp:
     async def check(self, request: web.Request) -> web.Response:
         number = request.match_info["number"]
         did = request.query.get("did", "")
-        screener = self.rt.parts["screener"]
-        phone, decision = await screener.check(number, did)
-        contact = decision.contact
-        return self._json({
-            "input": number,
-            "kind": phone.kind.value,
-            "normalised": phone.key,
-            "did": screener.did_key(did) if did else "",
-            "verdict": decision.verdict.value,
-            "reason": decision.reason,
-            "contact": (
-                {"id": contact.contact_id, "name": contact.name, "owner": contact.owner, "spam": contact.spam,
-                 "source": contact.source}
-                if contact else None
-            ),
-            "variables": dict(variables_for(decision)),
-        })
+        return self._json(await self.rt.parts["screener"].explain(number, did))
 
     async def stats(self, request: web.Request) -> web.Response:
         by = request.query.get("by") or None

@@ -7,7 +7,7 @@ import asyncio
 import json
 
 from callguard.config import Config
-from callguard.screen_service import ScreenService, variables_for
+from callguard.screen_service import ScreenService
 from callguard.screening import parse_schedule
 from callguard.store import Store
 
@@ -24,24 +24,9 @@ async def check(cfg: Config, number: str, did: str) -> dict[str, object]:
     store = await Store.open(cfg.store.path, cfg.store.busy_timeout_ms)
     try:
         screener = ScreenService(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
-        phone, decision = await screener.check(number, did)
+        return await screener.explain(number, did)
     finally:
         await store.close()
-    contact = decision.contact
-    return {
-        "input": number,
-        "kind": phone.kind.value,
-        "normalised": phone.key,
-        "did": screener.did_key(did) if did else "",
-        "verdict": decision.verdict.value,
-        "reason": decision.reason,
-        "contact": (
-            {"id": contact.contact_id, "name": contact.name, "owner": contact.owner, "spam": contact.spam,
-             "source": contact.source}
-            if contact else None
-        ),
-        "variables": dict(variables_for(decision)),
-    }
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> int:
