@@ -117,9 +117,12 @@ def parse_reply(line: str) -> AgiReply:
     """
     line = line.rstrip("\r\n")
     code_text = line[:3]
-    if len(line) < 3 or not code_text.isdigit():
+    if len(line) < 3 or not (code_text.isascii() and code_text.isdigit()):
         raise AgiProtocolError(f"not an AGI reply: {line[:60]!r}")
-    parsed: dict[str, Any] = parse_agi_result(line)
+    try:
+        parsed: dict[str, Any] = parse_agi_result(line)
+    except ValueError as e:  # panoramisk's int() on what its \d matched (non-ASCII digits)
+        raise AgiProtocolError(f"not an AGI reply: {line[:60]!r}") from e
     value, data = parsed.get("result", ("", ""))
     if parsed.get("error") == "AGIAppError":
         value = "-1"

@@ -58,7 +58,7 @@ def test_recorded_replies(line: str, code: int, result: str, data: str) -> None:
     assert reply.ok == (code == 200 and result != "-1")
 
 
-@pytest.mark.parametrize("line", ["", "HANGUP", "ok", "20", "abc result=1"])
+@pytest.mark.parametrize("line", ["", "HANGUP", "ok", "20", "abc result=1", "00¹", "２００ result=1"])
 def test_garbage_replies(line: str) -> None:
     with pytest.raises(AgiProtocolError):
         parse_reply(line)
