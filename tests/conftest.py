@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import settings
 
 from callguard.config import Config, load_config
 from callguard.store import Store
 
 FIXTURES = Path(__file__).parent / "fixtures"
+
+# CI must be reproducible: a fixed seed there; locally hypothesis explores new examples on every run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(autouse=True)
