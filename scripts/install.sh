@@ -140,8 +140,8 @@ Next steps (nothing below was done for you):
          #include manager_callguard.conf
      set its secret to CALLGUARD_AMI_SECRET, set ami.enabled = true in config.toml, then
          asterisk -rx 'dialplan reload' && asterisk -rx 'manager reload'
-  4. Check (with the secrets loaded as the service will have them) and start:
-         (set -a; . /etc/callguard/callguard.env; /opt/callguard/venv/bin/callguard --config /etc/callguard/config.toml doctor)
+  4. Check (doctor reads callguard.env beside the config, as the unit does) and start:
+         /opt/callguard/venv/bin/callguard --config /etc/callguard/config.toml doctor
          systemctl daemon-reload && systemctl enable --now callguard
          curl -s http://127.0.0.1:8088/readyz
 EOF

@@ -334,3 +334,19 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     out = capsys.readouterr().out
     fail = next(line for line in out.splitlines() if line.startswith("fail"))
     assert "cannot connect to AMI" in fail and "→ in /etc/asterisk/manager.conf" in fail
+
+
+async def test_secrets_come_from_callguard_env_beside_the_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """By hand, doctor reads the unit's EnvironmentFile too: the AMI secret lives only there."""
+    async with bad_login_ami() as (port, got):
+        conf = tmp_path / "config.toml"
+        conf.write_text(f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {free_port()}\n[web]\nenabled = false\n'
+                        f'[ami]\nenabled = true\nport = {port}\n')
+        (tmp_path / "callguard.env").write_text('# secrets\nCALLGUARD_AMI_SECRET="from-env-file"\nOTHER=x\n')
+        code = await asyncio.to_thread(main, ["--config", str(conf), "doctor", "--asterisk-etc", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 1 and "secrets from" in out.splitlines()[0]
+    assert b"Secret: from-env-file\r\n" in got[0]
+    assert "from-env-file" not in out

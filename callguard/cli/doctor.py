@@ -12,13 +12,14 @@ import argparse
 import asyncio
 import contextlib
 import importlib
+import os
 import re
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from callguard.amiwire import FrameFeeder, encode_action
-from callguard.config import Config
+from callguard.config import ENV_SECRETS, Config, load_config
 from callguard.errors import EXIT_FAILURE, EXIT_OK, AmiProtocolError, CrmAuthError, CrmError
 from callguard.store.migrations import LATEST
 from callguard.store.stats import DOCTOR_UNIQUEID
@@ -49,16 +50,48 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=handle)
 
 
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines as systemd's ``EnvironmentFile=`` reads them (comments, optional quotes)."""
+    out: dict[str, str] = {}
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")) or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        out[key.strip()] = value
+    return out
+
+
+def with_env_file(cfg: Config) -> tuple[Config, str]:
+    """Doctor run by hand lacks the unit's ``EnvironmentFile=``: read ``callguard.env`` beside the config
+    (where install.sh puts it), so the checks see the secrets the service will see."""
+    if cfg.source is None:
+        return cfg, ""
+    env_file = cfg.source.parent / "callguard.env"
+    try:
+        extra = read_env_file(env_file)
+    except OSError:
+        return cfg, ""
+    secrets = {k: v for k, v in extra.items() if k in ENV_SECRETS and v}
+    if not secrets:
+        return cfg, ""
+    return load_config(cfg.source, {**secrets, **os.environ}), f" (+ secrets from {env_file})"
+
+
 def handle(args: argparse.Namespace, cfg: Config) -> int:
-    results = asyncio.run(run_checks(cfg, Path(args.asterisk_etc)))
+    cfg, note = with_env_file(cfg)
+    results = asyncio.run(run_checks(cfg, Path(args.asterisk_etc), note))
     for r in results:
         print(r.line())
     return EXIT_FAILURE if any(r.status == "fail" for r in results) else EXIT_OK
 
 
-async def run_checks(cfg: Config, asterisk_etc: Path = Path("/etc/asterisk")) -> list[Result]:
+async def run_checks(cfg: Config, asterisk_etc: Path = Path("/etc/asterisk"), note: str = "") -> list[Result]:
     source = str(cfg.source) if cfg.source else "embedded defaults (no config file found)"
-    results = [Result("ok", "config", f"loaded from {source}")]
+    results = [Result("ok", "config", f"loaded from {source}{note}")]
     results.append(await asyncio.to_thread(check_store, cfg.store.path))
     results.append(await check_agi(cfg))
     results.append(await check_web(cfg))
