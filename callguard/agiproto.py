@@ -19,6 +19,10 @@ from panoramisk.utils import parse_agi_result
 from callguard.errors import AgiProtocolError
 
 _HEADER = re.compile(r"^(agi_[A-Za-z0-9_]+):(?: (.*)|)$")
+_LINE = r"agi_[A-Za-z0-9_]+:(?: [^\r\n]*)?"
+# The whole block checked and split by two C-level passes instead of a regex call per line (hot path).
+_BLOCK = re.compile(rf"(?:(?:{_LINE})?\r?\n)*(?:{_LINE})?")
+_PAIR = re.compile(r"(agi_[A-Za-z0-9_]+):(?: ([^\r\n]*))?")
 # AGI variable names as the dialplan knows them: letters, digits, underscore (a leading _ or __ inherits).
 _VARNAME = re.compile(r"^_{0,2}[A-Za-z][A-Za-z0-9_]*$")
 MAX_VALUE_LENGTH = 256
@@ -66,6 +70,16 @@ def parse_request(block: bytes) -> AgiRequest:
     Raises ``AgiProtocolError`` for anything that is not ``agi_*: value`` lines.
     """
     text = block.decode("utf-8", errors="replace")
+    # The slow path only runs on a bad block, to name the first bad line.
+    headers = dict(_PAIR.findall(text)) if _BLOCK.fullmatch(text) else _parse_lines(text)
+    if not headers:
+        raise AgiProtocolError("empty request")
+    if "agi_network_script" not in headers:
+        raise AgiProtocolError("request has no agi_network_script")
+    return AgiRequest(MappingProxyType(headers))
+
+
+def _parse_lines(text: str) -> dict[str, str]:
     headers: dict[str, str] = {}
     for n, raw_line in enumerate(text.split("\n"), 1):
         line = raw_line[:-1] if raw_line.endswith("\r") else raw_line
@@ -75,11 +89,7 @@ def parse_request(block: bytes) -> AgiRequest:
         if not m:
             raise AgiProtocolError(f"line {n} is not an 'agi_name: value' header")
         headers[m.group(1)] = m.group(2) or ""
-    if not headers:
-        raise AgiProtocolError("empty request")
-    if "agi_network_script" not in headers:
-        raise AgiProtocolError("request has no agi_network_script")
-    return AgiRequest(MappingProxyType(headers))
+    return headers
 
 
 def quote(value: str) -> str:

@@ -12,6 +12,7 @@ import sys
 from collections.abc import MutableMapping
 from typing import Any, TextIO
 
+import orjson
 import structlog
 
 _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key", "apikey")
@@ -31,6 +32,11 @@ def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMa
     return event
 
 
+def _dumps(obj: Any, **kw: Any) -> str:
+    # orjson: several times faster than json.dumps on the per-screen log line; UTF-8 kept as is.
+    return orjson.dumps(obj, default=kw.get("default")).decode()
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """``fmt``: auto (console on a TTY, else JSON), json, console."""
     stream = stream or sys.stdout
@@ -45,7 +51,7 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=stream.isatty())
         if use_console
-        else structlog.processors.JSONRenderer(sort_keys=False)
+        else structlog.processors.JSONRenderer(serializer=_dumps)
     )
     structlog.configure(
         processors=[*processors, renderer],

@@ -104,3 +104,14 @@ def test_any_reply_parses_or_raises_protocol_error(line: str) -> None:
 def test_quote_is_one_safe_line(value: str) -> None:
     q = quote(value)
     assert "\n" not in q and "\r" not in q and q.startswith('"') and q.endswith('"')
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.from_regex(r"agi_[a-z_]{1,8}:( [^\n]{0,20})?", fullmatch=True), st.just(""),
+                          st.text(max_size=20)), max_size=12))
+def test_block_fast_path_agrees_with_line_parser(lines: list[str]) -> None:
+    from callguard.agiproto import _BLOCK, _PAIR, _parse_lines
+
+    text = "\n".join(lines)
+    if _BLOCK.fullmatch(text):
+        assert dict(_PAIR.findall(text)) == _parse_lines(text)
