@@ -133,7 +133,21 @@ def _parse(raw: str, text: str, digits: str, region: str) -> Phone:
     return Phone(Kind.NUMBER, raw, e164=e164, digits=digits)
 
 
-def to_e164(raw: str | None, region: str = "RU") -> str | None:
-    """E.164 of a public number or None: for CRM phone fields, where extensions do not occur."""
-    phone = normalise(raw, region, max_extension_digits=0)
-    return phone.e164
+_FORMATTING = re.compile(r"[ ()\-.]")
+
+
+def to_e164(raw: object, region: str = "RU") -> str | None:
+    """E.164 of a public number or None: for CRM phone fields, where extensions do not occur.
+
+    CRM syncs call this for every phone of every contact, so the common Russian shapes take the fast
+    path on the compacted value before any extraction or parsing (same rule as ``_fast_ru``)."""
+    if not isinstance(raw, str) or not raw:
+        return None
+    if region == "RU" and raw.isascii():
+        compact = _FORMATTING.sub("", raw)
+        digits = compact[1:] if compact[:1] == "+" else compact
+        if digits.isdigit():
+            fast = _fast_ru(compact, digits)
+            if fast is not None:
+                return fast
+    return normalise(raw, region, max_extension_digits=0).e164

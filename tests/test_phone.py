@@ -139,3 +139,9 @@ def test_fast_path_agrees_with_phonenumbers(nsn: str, shape: str) -> None:
     text = _extract(raw)
     digits = "".join(ch for ch in text if ch.isdigit())
     assert normalise(raw, "RU") == _parse(raw, text, digits, "RU")
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(r"(\+7|8|7|\+)[0-9]{0,3}[ ()-]{0,2}[0-9]{3}[ .-]?[0-9]{2}[ -]?[0-9]{2}", fullmatch=True))
+def test_to_e164_fast_path_agrees_with_full_normalisation(raw: str) -> None:
+    assert to_e164(raw, "RU") == normalise(raw, "RU", max_extension_digits=0).e164

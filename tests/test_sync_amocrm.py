@@ -10,7 +10,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callguard.crm import crm_phone
 from callguard.crm.amocrm import AmoCrm
 from callguard.errors import CrmAuthError
 from callguard.phone import normalise, to_e164
@@ -201,5 +200,5 @@ async def test_oauth_refresh_once_on_401_and_keeps_the_new_refresh_token(tmp_pat
 
 @settings(max_examples=60, deadline=None)
 @given(st.from_regex(r"(\+7|8)9\d{2}[ -]?\d{3}[ -]?\d{2}[ -]?\d{2}", fullmatch=True))
-def test_crm_phone_fast_path_agrees_with_phonenumbers(raw: str) -> None:
-    assert crm_phone(raw, "RU") == to_e164(raw, "RU")
+def test_crm_phone_fast_path_agrees_with_full_normalisation(raw: str) -> None:
+    assert to_e164(raw, "RU") == normalise(raw, "RU", max_extension_digits=0).e164

@@ -5,7 +5,6 @@ The rest of callguard sees only ``CrmContact`` and plain ids: CRM-specific shape
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -97,32 +96,10 @@ class CRM(Protocol):
     async def close(self) -> None: ...
 
 
-_FORMATTING = re.compile(r"[ ()\-.]")
-_PLUS7 = re.compile(r"\+7[0-9]{10}")  # ASCII digits only: \d would take Arabic-Indic digits too
-_EIGHT = re.compile(r"8[0-9]{10}")
-
-
-def crm_phone(raw: object, region: str) -> str | None:
-    """A phone as typed into the CRM → E.164, or None. A fast path for the two Russian forms that
-    make up nearly all CRM values (phonenumbers costs ~100 µs a number, which a 1M-contact sync and
-    the event loop cannot afford); it gives exactly what ``phone.to_e164`` gives for them."""
-    if not isinstance(raw, str) or not raw:
-        return None
-    if region == "RU" and raw.isascii():
-        if len(raw) == 12 and raw[0] == "+" and raw[1] == "7" and raw[1:].isdigit():
-            return raw  # already E.164: the common case, no regex
-        compact = _FORMATTING.sub("", raw)
-        if _PLUS7.fullmatch(compact):
-            return compact
-        if _EIGHT.fullmatch(compact):
-            return "+7" + compact[1:]
-    return to_e164(raw, region)
-
-
 def unique_phones(values: Sequence[object], region: str) -> tuple[str, ...]:
     out: list[str] = []
     for raw in values:
-        e164 = crm_phone(raw, region)
+        e164 = to_e164(raw, region)
         if e164 and e164 not in out:
             out.append(e164)
     return tuple(out)

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from callguard.crm import Changes, CrmContact, LeadRef, Page, crm_phone
+from callguard.crm import Changes, CrmContact, LeadRef, Page
 from callguard.crm.http import HttpClient, RetryPolicy, shared_bucket
 from callguard.errors import CrmError, CrmRejectedError
+from callguard.phone import to_e164
 
 if TYPE_CHECKING:
     from callguard.config import Config
@@ -49,7 +50,7 @@ def parse_contact(raw: dict[str, Any], spam_id: int | None, region: str) -> CrmC
     for fld in raw.get("custom_fields_values") or ():
         if fld.get("field_code") == "PHONE":
             for v in fld.get("values") or ():
-                e164 = crm_phone(v.get("value"), region)
+                e164 = to_e164(v.get("value"), region)
                 if e164 is not None and e164 not in phones:
                     phones.append(e164)
         elif spam_id is not None and fld.get("field_id") == spam_id:
