@@ -92,15 +92,15 @@ class ScreenService:
     ]:
         """The verdict and why, without AGI: what ``callguard check`` and ``/v1/check`` show."""
         phone = self.normalise(caller_raw)
+        return phone, await self._decide(phone, self.did_key(did_raw), now)
+
+    async def _decide(self, phone: Phone, did: str, now: datetime | None = None) -> Decision:
         lookup = (
             await self.store.numbers.lookup(phone.key)
             if phone.kind in (Kind.NUMBER, Kind.EXTENSION)
             else EMPTY
         )
-        decision = decide(
-            phone, self.did_key(did_raw), now or datetime.now(UTC), lookup, self.cfg.screening, self.schedule
-        )
-        return phone, decision
+        return decide(phone, did, now or datetime.now(UTC), lookup, self.cfg.screening, self.schedule)
 
     async def explain(self, caller_raw: str, did_raw: str = "") -> dict[str, Any]:
         """``check`` as a JSON-ready document: what ``callguard check --json`` and ``/v1/check`` show."""
@@ -125,10 +125,11 @@ class ScreenService:
 
     async def handle(self, session: AgiSession) -> None:
         req = session.request
+        phone, did = self.normalise(req.callerid), self.did_key(req.did)  # pure, never raise
         fault = ""
         try:
             async with asyncio.timeout(self.cfg.agi.deadline_ms / 1000):
-                phone, decision = await self.check(req.callerid, req.did)
+                decision = await self._decide(phone, did)
         except TimeoutError:
             fault = "deadline"
             metrics.AGI_TIMEOUTS.inc()
@@ -136,9 +137,7 @@ class ScreenService:
             fault = f"internal_error:{type(e).__name__}"
             log.exception("screen_failed", uniqueid=req.uniqueid, caller=req.callerid[:40])
         if fault:
-            phone = self.normalise(req.callerid)
             decision = Decision(Verdict.CLEAN, f"fail_open:{fault}")
-        did = self.did_key(req.did)
         delivered = await self._answer(session, decision)
         latency_ms = (time.perf_counter() - session.started) * 1000
         metrics.SCREENS.labels(verdict=decision.verdict.value).inc()
