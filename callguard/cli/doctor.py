@@ -148,16 +148,26 @@ def agi_probe(port: int) -> bytes:
     return ("".join(f"{k}: {v}\n" for k, v in headers.items()) + "\n").encode()
 
 
-async def check_agi(cfg: Config) -> Result:
-    host, port = cfg.agi.host, cfg.agi.port
+async def _probe(
+    part: str, host: str, port: int, fix: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | Result:
+    """Connect to a port callguard will listen on: a Result when it is free or unusable."""
     try:
         async with asyncio.timeout(PROBE_TIMEOUT):
-            reader, writer = await asyncio.open_connection(host, port)
+            return await asyncio.open_connection(host, port)
     except (ConnectionRefusedError, TimeoutError):
-        return Result("ok", "agi port", f"{host}:{port} is free (callguard run will listen there)")
+        return Result("ok", part, f"{host}:{port} is free (callguard run will listen there)")
     except OSError as e:
-        return Result("fail", "agi port", f"cannot probe {host}:{port}: {e.strerror or e}",
-                      "set agi.host to an address of this host (127.0.0.1 when Asterisk runs here)")
+        return Result("fail", part, f"cannot probe {host}:{port}: {e.strerror or e}", fix)
+
+
+async def check_agi(cfg: Config) -> Result:
+    host, port = cfg.agi.host, cfg.agi.port
+    conn = await _probe("agi port", host, port,
+                        "set agi.host to an address of this host (127.0.0.1 when Asterisk runs here)")
+    if isinstance(conn, Result):
+        return conn
+    reader, writer = conn
     try:
         first = await _agi_converse(reader, writer, port)
     finally:
@@ -193,14 +203,11 @@ async def check_web(cfg: Config) -> Result:
         return Result("skip", "web port", "web.enabled = false: no /readyz, /metrics or CRM webhooks",
                       "set web.enabled = true to scrape metrics and receive CRM webhooks")
     where = f"{web.host}:{web.port}"
-    try:
-        async with asyncio.timeout(PROBE_TIMEOUT):
-            reader, writer = await asyncio.open_connection(web.host, web.port)
-    except (ConnectionRefusedError, TimeoutError):
-        return Result("ok", "web port", f"{where} is free (callguard run will listen there)")
-    except OSError as e:
-        return Result("fail", "web port", f"cannot probe {where}: {e.strerror or e}",
-                      "set web.host to an address of this host (127.0.0.1 unless scraped from elsewhere)")
+    conn = await _probe("web port", web.host, web.port,
+                        "set web.host to an address of this host (127.0.0.1 unless scraped from elsewhere)")
+    if isinstance(conn, Result):
+        return conn
+    reader, writer = conn
     try:
         writer.write(f"GET /healthz HTTP/1.0\r\nHost: {web.host}\r\n\r\n".encode())
         async with asyncio.timeout(PROBE_TIMEOUT):
