@@ -1,12 +1,17 @@
-"""The FastAGI server, on panoramisk with its unsafe parts replaced.
+"""The FastAGI server, on panoramisk's Application and Request with their unsafe parts replaced.
 
 panoramisk 1.4's ``Application.handler`` loops on ``reader.read()`` until it sees ``\\n\\n``: a client
 that sends part of a header and closes makes it spin forever on EOF and freezes the loop (reproduced
 here; see tests/test_agi_server.py). ``add_route`` wraps plain functions with ``asyncio.coroutine``,
 gone in 3.11, and ``Request.send_command`` reads replies with no timeout and mistakes an async
-``HANGUP`` for the reply. ``FastAgiApplication`` and ``AgiSession`` override exactly those: bounded
-header size, read timeout, EOF = end, close in ``finally``; routing and the request object stay
-panoramisk's shape.
+``HANGUP`` for the reply.
+
+So routing stays panoramisk's (``FastAgiApplication``, its ``_route`` table) and the route gets a
+panoramisk ``Request`` (``AgiSession``), but the bytes go through ``AgiConnection``, an
+``asyncio.Protocol``: the header is collected in ``data_received`` under a size bound and a timer,
+EOF ends the connection, and reply lines wake the route's ``send_command``. No StreamReader, no
+per-command ``asyncio.timeout``: the screen is the hot path of every incoming call, and the stream
+machinery cost about as much CPU as the screening itself (scripts/bench_agi.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 import structlog
 from panoramisk import fast_agi
@@ -30,46 +36,43 @@ Endpoint = Callable[["AgiSession"], Awaitable[None]]
 
 
 class AgiSession(fast_agi.Request):  # type: ignore[misc]
-    """One FastAGI conversation; ``send_command`` is bounded and understands async ``HANGUP``."""
+    """One FastAGI conversation; ``send_command`` is bounded and understands async ``HANGUP``.
+
+    panoramisk's ``reader``/``writer`` are None: replies come through ``conn``.
+    """
 
     def __init__(
-        self, app: FastAgiApplication, request: AgiRequest, reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter, reply_timeout: float,
+        self, app: FastAgiApplication, request: AgiRequest, conn: AgiConnection, reply_timeout: float,
     ) -> None:
-        super().__init__(app, dict(request.headers), reader, writer, encoding="utf-8")
+        super().__init__(app, request.headers, None, None, encoding="utf-8")
         self.request = request
+        self.conn = conn
         self.reply_timeout = reply_timeout
         self.hung_up = False
-        self.started = time.perf_counter()
+        self.started = conn.started
 
     async def send_command(self, command: str) -> AgiReply:  # type: ignore[override]
-        self.writer.write(command.encode("utf-8") + b"\n")
-        await self.writer.drain()
-        async with asyncio.timeout(self.reply_timeout):
-            while True:
-                line = await self._line()
-                if line == "HANGUP":  # the caller left (s10); the real reply still follows
-                    self.hung_up = True
-                    continue
-                reply = parse_reply(line)
-                if reply.code == 100:  # "100 result=0 Trying..."
-                    continue
-                if line.startswith("520-"):  # usage text until "520 End of proper usage."
-                    while not (await self._line()).startswith("520 "):
-                        pass
-                return reply
-
-    async def _line(self) -> str:
-        try:
-            raw = await self.reader.readuntil(b"\n")
-        except asyncio.IncompleteReadError as e:
-            raise AgiProtocolError("Asterisk closed the AGI connection") from e
-        except asyncio.LimitOverrunError as e:
-            raise AgiProtocolError("AGI reply line too long") from e
-        return raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        """Send one command and return its reply; ``TimeoutError`` after ``reply_timeout``."""
+        conn = self.conn
+        conn.write(command.encode("utf-8") + b"\n")
+        deadline = conn.loop.time() + self.reply_timeout
+        while True:
+            line = await conn.read_line(deadline)
+            if line == "HANGUP":  # the caller left (s10); the real reply still follows
+                self.hung_up = True
+                continue
+            reply = parse_reply(line)
+            if reply.code == 100:  # "100 result=0 Trying..."
+                continue
+            if line.startswith("520-"):  # usage text until "520 End of proper usage."
+                while not (await conn.read_line(deadline)).startswith("520 "):
+                    pass
+            return reply
 
 
 class FastAgiApplication(fast_agi.Application):  # type: ignore[misc]
+    """panoramisk's route table; connections are served by ``AgiConnection``, not ``handler``."""
+
     def __init__(self, cfg: AgiConfig) -> None:
         super().__init__(default_encoding="utf-8", loop=asyncio.get_running_loop())
         self.cfg = cfg
@@ -81,48 +84,188 @@ class FastAgiApplication(fast_agi.Application):  # type: ignore[misc]
             raise ValueError(f"route {path!r} exists")
         self._route[path] = endpoint
 
-    async def read_request(self, reader: asyncio.StreamReader) -> AgiRequest:
-        """The header block up to the empty line, within ``read_timeout_ms`` and ``max_header_bytes``.
-
-        Asterisk ends header lines with a bare ``\\n`` (res_agi.c setup_env), so the block ends at the
-        first ``\\n\\n``; one ``readuntil`` with the stream's limit = the header bound reads it.
-        """
-        async with asyncio.timeout(self.cfg.read_timeout_ms / 1000):
-            try:
-                block = await reader.readuntil(b"\n\n")
-            except asyncio.IncompleteReadError as e:
-                raise AgiProtocolError(
-                    "connection closed before the end of the request" if e.partial
-                    else "connection closed without a request"
-                ) from e
-            except asyncio.LimitOverrunError as e:
-                raise AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes") from e
-        return parse_request(block)
+    def route(self, script: str) -> Endpoint | None:
+        endpoint: Endpoint | None = self._route.get(script)
+        return endpoint
 
     async def handler(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
+        raise NotImplementedError("panoramisk's stream handler is unsafe (see module doc); use AgiServer")
+
+
+class AgiConnection(asyncio.Protocol):
+    """One FastAGI TCP connection: header phase, then a route task fed reply lines."""
+
+    def __init__(self, server: AgiServer) -> None:
+        self.server = server
+        self.cfg = server.cfg
+        self.loop = asyncio.get_running_loop()
+        self.started = time.perf_counter()
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._buf = bytearray()
+        self._eof = False
+        self._closing = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    # --- asyncio callbacks ----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+        if not self.server._opened(self):
+            # Refusing makes Asterisk set AGISTATUS=FAILURE and the dialplan fails open to the queue.
+            self._close()
+            return
+        self._timer = self.loop.call_later(self.cfg.read_timeout_ms / 1000, self._header_timeout)
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        buf = self._buf
+        buf += data
+        if self.task is None:
+            self._header_received()
+        elif len(buf) > self.cfg.max_header_bytes:  # Asterisk answers a command with a line or a few
+            self._wake(AgiProtocolError(f"over {self.cfg.max_header_bytes} bytes of replies unread"))
+            self._close()
+        elif self._waiter is not None:
+            self._wake(None)
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        if self.task is None:
+            self._fail(
+                AgiProtocolError("connection closed before the end of the request" if self._buf
+                                 else "connection closed without a request")
+            )
+        self._wake(None)
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake(None)
+        self.server._closed(self)
+
+    # --- header phase ---------------------------------------------------------------------------------
+
+    def _header_received(self) -> None:
+        """Collect the request block up to the empty line; Asterisk ends lines with a bare ``\\n``."""
+        buf = self._buf
+        end = buf.find(b"\n\n")
+        if end < 0:
+            if len(buf) > self.cfg.max_header_bytes:
+                self._fail(AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes"))
+            return
+        if end > self.cfg.max_header_bytes:
+            self._fail(AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes"))
+            return
+        assert self._timer is not None
+        self._timer.cancel()
+        self._timer = None
         try:
-            request = await self.read_request(reader)
-            endpoint = self._route.get(request.script)
-            if endpoint is None:
-                metrics.AGI_ERRORS.labels(kind="unknown_script").inc()
-                log.warning("agi_unknown_script", script=request.script[:80], uniqueid=request.uniqueid)
-                return
-            reply_timeout = self.cfg.read_timeout_ms / 1000
-            await endpoint(AgiSession(self, request, reader, writer, reply_timeout))
+            request = parse_request(bytes(buf[:end]))
+        except AgiProtocolError as e:
+            self._fail(e)
+            return
+        del buf[: end + 2]
+        endpoint = self.server.app.route(request.script) if self.server.app is not None else None
+        if endpoint is None:
+            metrics.AGI_ERRORS.labels(kind="unknown_script").inc()
+            log.warning("agi_unknown_script", script=request.script[:80], uniqueid=request.uniqueid)
+            self._close()
+            return
+        session = AgiSession(self.server.app, request, self, self.cfg.read_timeout_ms / 1000)
+        self.task = self.loop.create_task(self._serve(endpoint, session))
+
+    def _header_timeout(self) -> None:
+        self._timer = None
+        metrics.AGI_ERRORS.labels(kind="read_timeout").inc()
+        log.warning("agi_read_timeout", peer=self._peer())
+        self._close()
+
+    def _fail(self, e: AgiProtocolError) -> None:
+        metrics.AGI_ERRORS.labels(kind="protocol").inc()
+        log.warning("agi_bad_request", peer=self._peer(), error=str(e))
+        self._close()
+
+    # --- session phase --------------------------------------------------------------------------------
+
+    async def _serve(self, endpoint: Endpoint, session: AgiSession) -> None:
+        try:
+            await endpoint(session)
         except TimeoutError:
             metrics.AGI_ERRORS.labels(kind="read_timeout").inc()
-            log.warning("agi_read_timeout", peer=str(peer))
+            log.warning("agi_read_timeout", peer=self._peer(), uniqueid=session.request.uniqueid)
         except AgiProtocolError as e:
             metrics.AGI_ERRORS.labels(kind="protocol").inc()
-            log.warning("agi_bad_request", peer=str(peer), error=str(e))
+            log.warning("agi_bad_request", peer=self._peer(), uniqueid=session.request.uniqueid, error=str(e))
         except (ConnectionError, OSError) as e:
             metrics.AGI_ERRORS.labels(kind="connection").inc()
-            log.warning("agi_connection_error", peer=str(peer), error=str(e))
+            log.warning("agi_connection_error", peer=self._peer(), error=str(e))
+        except Exception:  # a route's bug ends its own connection, never the server
+            metrics.AGI_ERRORS.labels(kind="route").inc()
+            log.exception("agi_route_failed", uniqueid=session.request.uniqueid)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(writer.wait_closed(), 1.0)
+            self._close()
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    async def read_line(self, deadline: float) -> str:
+        """The next line Asterisk sent, without its ``\\n``; ``TimeoutError`` at ``deadline``
+        (loop time), ``AgiProtocolError`` when the connection ends first."""
+        buf = self._buf
+        while True:
+            end = buf.find(b"\n")
+            if end >= 0:
+                raw = bytes(buf[:end])
+                del buf[: end + 1]
+                return raw.decode("utf-8", errors="replace").rstrip("\r")
+            if self._eof:
+                raise AgiProtocolError("Asterisk closed the AGI connection")
+            waiter = self._waiter = self.loop.create_future()
+            timer = self.loop.call_at(deadline, self._expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+
+    def _wake(self, error: BaseException | None) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            if error is None:
+                waiter.set_result(None)
+            else:
+                waiter.set_exception(error)
+
+    @staticmethod
+    def _expire(waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            waiter.set_exception(TimeoutError())
+
+    # --- shared ---------------------------------------------------------------------------------------
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()  # flushes what was written, then closes
+
+    def abort(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _peer(self) -> str:
+        return str(self.transport.get_extra_info("peername")) if self.transport is not None else ""
 
 
 class AgiServer:
@@ -135,7 +278,8 @@ class AgiServer:
         self.routes = routes
         self.app: FastAgiApplication | None = None
         self._server: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._conns: set[AgiConnection] = set()
+        self._idle = asyncio.Event()
         self.port: int | None = None
 
     @property
@@ -146,43 +290,44 @@ class AgiServer:
         self.app = FastAgiApplication(self.cfg)
         for path, endpoint in self.routes.items():
             self.app.add_route(path, endpoint)
-        self._server = await asyncio.start_server(
-            self._accept, self.cfg.host, self.cfg.port,
-            limit=self.cfg.max_header_bytes, reuse_address=True, backlog=512,
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: AgiConnection(self), self.cfg.host, self.cfg.port, reuse_address=True, backlog=512,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        metrics.AGI_ACTIVE.set_function(lambda: len(self._conns))  # read at scrape time, not per call
         log.info("agi_listening", host=self.cfg.host, port=self.port, deadline_ms=self.cfg.deadline_ms)
 
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        assert self.app is not None
-        if len(self._tasks) >= self.cfg.max_connections:
-            # Refusing makes Asterisk set AGISTATUS=FAILURE and the dialplan fails open to the queue.
+    def _opened(self, conn: AgiConnection) -> bool:
+        if len(self._conns) >= self.cfg.max_connections:
             metrics.AGI_ERRORS.labels(kind="overload").inc()
-            log.warning("agi_overload", open=len(self._tasks), limit=self.cfg.max_connections)
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        metrics.AGI_ACTIVE.set(len(self._tasks))
-        try:
-            await self.app.handler(reader, writer)
-        finally:
-            self._tasks.discard(task)
-            metrics.AGI_ACTIVE.set(len(self._tasks))
+            log.warning("agi_overload", open=len(self._conns), limit=self.cfg.max_connections)
+            return False
+        self._conns.add(conn)
+        self._idle.clear()
+        return True
+
+    def _closed(self, conn: AgiConnection) -> None:
+        if conn in self._conns:
+            self._conns.discard(conn)
+            if not self._conns:
+                self._idle.set()
 
     async def stop(self) -> None:
         if self._server is None:
             return
         self._server.close()  # stop accepting; in-flight requests go on
-        pending = set(self._tasks)
-        if pending:
-            done, still = await asyncio.wait(pending, timeout=self.cfg.drain_seconds)
-            for task in still:
-                task.cancel()
+        open_at_stop = len(self._conns)
+        if open_at_stop:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.cfg.drain_seconds)
+            still: list[Any] = list(self._conns)
+            for conn in still:
+                conn.abort()
             if still:
-                await asyncio.wait(still, timeout=1.0)
-            log.info("agi_drained", finished=len(done), cancelled=len(still))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), 1.0)
+            log.info("agi_drained", finished=open_at_stop - len(still), cancelled=len(still))
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self._server.wait_closed(), 1.0)
         self._server = None

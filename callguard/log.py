@@ -37,8 +37,13 @@ def _dumps(obj: Any, **kw: Any) -> str:
     return orjson.dumps(obj, default=kw.get("default")).decode()
 
 
-def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """``fmt``: auto (console on a TTY, else JSON), json, console."""
+def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None, *, final: bool = False) -> None:
+    """``fmt``: auto (console on a TTY, else JSON), json, console.
+
+    ``final``: the process keeps this set-up for good (``callguard run``), so each module's logger is
+    built once on first use instead of on every call; tests and one-shot commands leave it False so
+    ``structlog.testing.capture_logs`` and later ``configure`` calls still reach every logger.
+    """
     stream = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     processors: list[Any] = [
@@ -57,5 +62,5 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=final,
     )

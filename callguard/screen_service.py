@@ -18,7 +18,7 @@ import structlog
 
 from callguard import metrics
 from callguard.agi import AgiSession
-from callguard.agiproto import set_variable
+from callguard.agiproto import set_variable, set_variables
 from callguard.config import Config
 from callguard.errors import AgiProtocolError
 from callguard.phone import Kind, Phone, normalise
@@ -48,6 +48,20 @@ def variables_for(decision: Decision) -> list[tuple[str, str]]:
         if contact.owner:
             out.append(("CALLGUARD_OWNER", contact.owner))
     return out
+
+
+_SCREENS = {v: metrics.SCREENS.labels(verdict=v.value) for v in Verdict}  # bound once, not per screen
+_VERDICT_COMMANDS = {v: set_variable("CALLGUARD_VERDICT", v.value) for v in Verdict}
+
+
+def commands_for(decision: Decision) -> list[str]:
+    """The AGI commands that set ``variables_for(decision)``: the verdict alone first, as the lab
+    recorded it, then the contact's variables in one ARRAY() command (one round trip, not three)."""
+    variables = variables_for(decision)
+    commands = [_VERDICT_COMMANDS[decision.verdict]]
+    if len(variables) > 1:
+        commands.append(set_variables(variables[1:]))
+    return commands
 
 
 class ScreenService:
@@ -140,7 +154,7 @@ class ScreenService:
             decision = Decision(Verdict.CLEAN, f"fail_open:{fault}")
         delivered = await self._answer(session, decision)
         latency_ms = (time.perf_counter() - session.started) * 1000
-        metrics.SCREENS.labels(verdict=decision.verdict.value).inc()
+        _SCREENS[decision.verdict].inc()
         metrics.SCREEN_LATENCY.observe(latency_ms / 1000)
         contact = decision.contact
         log.info(
@@ -165,11 +179,12 @@ class ScreenService:
     async def _answer(self, session: AgiSession, decision: Decision) -> bool:
         """Send the variables; False when Asterisk did not take them (the dialplan then fails open)."""
         try:
-            for name, value in variables_for(decision):
-                reply = await session.send_command(set_variable(name, value))
+            for command in commands_for(decision):
+                reply = await session.send_command(command)
                 if not reply.ok:
                     log.warning(
-                        "agi_command_rejected", uniqueid=session.request.uniqueid, command=name, reply=reply.text
+                        "agi_command_rejected", uniqueid=session.request.uniqueid, command=command.split(" ")[2],
+                        reply=reply.text,
                     )
                     return False
         except (AgiProtocolError, TimeoutError, ConnectionError, OSError) as e:

@@ -115,7 +115,7 @@ async def serve_callguard(port: int, db: str) -> None:
         web=dataclasses.replace(cfg.web, enabled=False),
     )
     # The log goes where journald would take it; JSON formatting is part of the measured cost.
-    log.configure("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230
+    log.configure("json", "info", stream=open(os.devnull, "w"), final=True)  # noqa: SIM115, ASYNC230
     service = Service(cfg)
     await service.start()
     print("ready", flush=True)

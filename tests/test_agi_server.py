@@ -16,7 +16,7 @@ from callguard.screen_service import ScreenService
 from callguard.screening import parse_schedule
 from callguard.store import Store
 from tests.fakes import asterisk_agi
-from tests.fakes.asterisk_agi import header_with, load, session
+from tests.fakes.asterisk_agi import channel_variables, header_with, load, session
 
 SCENARIOS = {
     # scenario → the verdict callguard must send (lab spam list: +15550000666, +15550000999)
@@ -101,12 +101,18 @@ async def test_known_contact_sets_contact_variables(running: Running) -> None:
             "INSERT INTO numbers VALUES ('+15551230001', '4711', 'Ivan \"Big\" Petrov', 'Anna', 0, 'amocrm', 1)"
         )
     commands = await session(running.port, load("s02_clean_answered").header)
+    # The verdict alone first (as the lab recorded it), then the contact in one ARRAY() round trip.
     assert commands == [
         "SET VARIABLE CALLGUARD_VERDICT clean",
-        "SET VARIABLE CALLGUARD_CONTACT_ID 4711",
-        'SET VARIABLE CALLGUARD_CONTACT_NAME "Ivan \\"Big\\" Petrov"',
-        "SET VARIABLE CALLGUARD_OWNER Anna",
+        'SET VARIABLE ARRAY(CALLGUARD_CONTACT_ID,CALLGUARD_CONTACT_NAME,CALLGUARD_OWNER) '
+        '"4711,Ivan \\\\\\"Big\\\\\\" Petrov,Anna"',
     ]
+    assert channel_variables(commands) == {
+        "CALLGUARD_VERDICT": "clean",
+        "CALLGUARD_CONTACT_ID": "4711",
+        "CALLGUARD_CONTACT_NAME": 'Ivan "Big" Petrov',
+        "CALLGUARD_OWNER": "Anna",
+    }
 
 
 async def test_async_hangup_line_is_not_taken_for_the_reply(running: Running) -> None:

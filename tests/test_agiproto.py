@@ -8,9 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callguard.agiproto import parse_reply, parse_request, quote, set_variable
+from callguard.agiproto import (
+    MAX_ARRAY_VALUE,
+    MAX_VALUE_LENGTH,
+    parse_reply,
+    parse_request,
+    quote,
+    set_variable,
+    set_variables,
+)
 from callguard.errors import AgiProtocolError
-from tests.fakes.asterisk_agi import load
+from tests.fakes.asterisk_agi import agi_args, app_args, channel_variables, load
 
 
 def test_recorded_header_parses() -> None:
@@ -115,3 +123,52 @@ def test_block_fast_path_agrees_with_line_parser(lines: list[str]) -> None:
     text = "\n".join(lines)
     if _BLOCK.fullmatch(text):
         assert dict(_PAIR.findall(text)) == _parse_lines(text)
+
+
+# --- commands as Asterisk reads them (the res_agi.c and main/app.c parsers, ported in tests/fakes) ------
+
+_NAMES = ["CALLGUARD_CONTACT_ID", "CALLGUARD_CONTACT_NAME", "CALLGUARD_OWNER"]
+
+
+def _cleaned(value: str, limit: int) -> str:
+    return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
+
+
+def test_array_command_shapes() -> None:
+    command = set_variables([("A", "x,y"), ("B", 'Ivan "Big" (Jr) [x] \\ z'), ("C", "")])
+    assert command == 'SET VARIABLE ARRAY(A,B,C) "x\\\\,y,Ivan \\\\\\"Big\\\\\\" \\\\(Jr\\\\) \\\\[x\\\\] \\\\\\\\ z,"'
+    assert channel_variables([command]) == {"A": "x,y", "B": 'Ivan "Big" (Jr) [x] \\ z', "C": ""}
+    assert set_variables([("A", "1")]) == set_variable("A", "1")  # one variable: the plain command
+    with pytest.raises(ValueError, match="variable name"):
+        set_variables([("A", "1"), ("B C", "2")])
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.text(max_size=150), min_size=2, max_size=3))
+def test_array_values_reach_the_channel_unchanged(values: list[str]) -> None:
+    pairs = list(zip(_NAMES, values, strict=False))
+    command = set_variables(pairs)
+    assert "\n" not in command and "\r" not in command
+    assert len(command.encode()) < 2048  # res_agi.c AGI_BUF_LEN
+    assert channel_variables([command]) == {n: _cleaned(v, MAX_ARRAY_VALUE) for n, v in pairs}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300))
+def test_single_value_reaches_the_channel_unchanged(value: str) -> None:
+    assert channel_variables([set_variable("X", value)]) == {"X": _cleaned(value, MAX_VALUE_LENGTH)}
+
+
+def test_ported_parsers_on_known_inputs() -> None:
+    # Cases read off the C: quotes group and vanish, a backslash escapes, brackets hide commas.
+    assert agi_args('SET VARIABLE X "a b"') == ["SET", "VARIABLE", "X", "a b"]
+    assert agi_args('SET VARIABLE X ""') == ["SET", "VARIABLE", "X", ""]
+    assert agi_args('SET VARIABLE X a\\ b') == ["SET", "VARIABLE", "X", "a b"]
+    assert app_args("a,b") == ["a", "b"]
+    assert app_args("a,") == ["a", ""]
+    assert app_args('a,""') == ["a", ""]
+    assert app_args("f(a,b),c") == ["f(a,b)", "c"]
+    assert app_args("[a,b],c") == ["[a,b]", "c"]
+    assert app_args('"a,b",c') == ["a,b", "c"]
+    assert app_args("a\\,b,c") == ["a,b", "c"]
+    assert app_args("") == []

@@ -15,5 +15,5 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> int:
-    log.configure(cfg.log.format, cfg.log.level)
+    log.configure(cfg.log.format, cfg.log.level, final=True)
     return run_loop(Service(cfg).run_until_signal())

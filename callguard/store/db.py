@@ -42,12 +42,16 @@ async def _connect(path: str, busy_timeout_ms: int, uri: bool = False) -> aiosql
 
 
 HOT_BUSY_TIMEOUT_MS = 50
+HOT_MMAP_BYTES = 1 << 30  # address space only; the kernel's page cache holds the pages
 
 
 def _connect_hot(target: str, uri: bool) -> sqlite3.Connection:
     conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=True)
     conn.execute(f"PRAGMA busy_timeout = {HOT_BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA query_only = ON")
+    # Pages through a memory map, not a pread() each: every commit by the writer (sync, screen records)
+    # empties this connection's page cache, and the lookup after it would read the B-tree back in.
+    conn.execute(f"PRAGMA mmap_size = {HOT_MMAP_BYTES}")
     return conn
 
 

@@ -98,3 +98,93 @@ async def _converse(
             reply = transcript.reply_to(command) if transcript else ["200 result=1"]
             writer.write("".join(f"{r}\n" for r in reply).encode())
             await writer.drain()
+
+
+# --- what Asterisk does with the commands: channel variables ---------------------------------------------
+
+
+def agi_args(line: str) -> list[str]:
+    """res_agi.c ``parse_args``: words split on blanks outside quotes; a backslash makes the next
+    character literal (``\\\\`` is one backslash, ``\\"`` a quote); quotes group and are dropped."""
+    argv: list[str] = []
+    quoted = escaped = False
+    whitespace = True
+    for ch in line:
+        if ch == '"' and not escaped:
+            quoted = not quoted
+            if quoted and whitespace:  # a quote coming off white space starts a word, even an empty one
+                argv.append("")
+                whitespace = False
+            continue
+        if ch in " \t" and not quoted and not escaped:
+            whitespace = True
+            continue
+        if ch == "\\" and not escaped:
+            escaped = True
+            continue
+        if whitespace:
+            argv.append("")
+            whitespace = False
+        argv[-1] += ch
+        escaped = False
+    return argv
+
+
+def app_args(text: str, delim: str = ",") -> list[str]:
+    """main/app.c ``__ast_app_separate_args`` with remove_chars (AST_STANDARD_APP_ARGS): split on
+    ``delim`` outside (), [] and quotes; quotes are dropped, a backslash makes the next character
+    literal; a trailing delimiter gives one more, empty, argument."""
+    out: list[str] = []
+    cur: str | None = None
+    paren = bracket = 0
+    quote = ended_on_delim = False
+    i = 0
+    while i < len(text):
+        ch = text[i]
+        cur = "" if cur is None else cur
+        ended_on_delim = False
+        if ch == '"':
+            quote = not quote
+        elif ch == "\\":
+            i += 1
+            if i < len(text):
+                cur += text[i]
+        elif ch == delim and not paren and not quote and not bracket:
+            out.append(cur)
+            cur = None
+            ended_on_delim = True
+        else:
+            if ch == "(":
+                paren += 1
+            elif ch == ")" and paren:
+                paren -= 1
+            elif ch == "[":
+                bracket += 1
+            elif ch == "]" and bracket:
+                bracket -= 1
+            cur += ch
+        i += 1
+    if cur is not None:
+        out.append(cur)
+    elif ended_on_delim:
+        out.append("")
+    return out
+
+
+def channel_variables(commands: list[str]) -> dict[str, str]:
+    """The channel variables the ``SET VARIABLE`` commands leave, as Asterisk 22 applies them:
+    ``pbx_builtin_setvar_helper`` writes a name ending in ``)`` through the dialplan function, and
+    ARRAY() (funcs/func_strings.c) splits names and values with AST_STANDARD_APP_ARGS, setting ""
+    for a name without a value."""
+    variables: dict[str, str] = {}
+    for command in commands:
+        argv = agi_args(command)
+        assert argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4, f"not a valid SET VARIABLE: {command!r}"
+        name, value = argv[2], argv[3]
+        if name.startswith("ARRAY(") and name.endswith(")"):
+            names, values = app_args(name[6:-1]), app_args(value)
+            for n, key in enumerate(names):
+                variables[key] = values[n] if n < len(values) else ""
+        else:
+            variables[name] = value
+    return variables
