@@ -10,7 +10,8 @@ caller leaves mid-script (s10), after which commands still get ``200 result=1``.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -19,10 +20,6 @@ from panoramisk.utils import parse_agi_result
 from callguard.errors import AgiProtocolError
 
 _HEADER = re.compile(r"^(agi_[A-Za-z0-9_]+):(?: (.*)|)$")
-_LINE = r"agi_[A-Za-z0-9_]+:(?: [^\r\n]*)?"
-# The whole block checked and split by two C-level passes instead of a regex call per line (hot path).
-_BLOCK = re.compile(rf"(?:(?:{_LINE})?\r?\n)*(?:{_LINE})?")
-_PAIR = re.compile(r"(agi_[A-Za-z0-9_]+):(?: ([^\r\n]*))?")
 # AGI variable names as the dialplan knows them: letters, digits, underscore (a leading _ or __ inherits).
 _VARNAME = re.compile(r"^_{0,2}[A-Za-z][A-Za-z0-9_]*$")
 _BARE = re.compile(r"[A-Za-z0-9_+.@-]+")
@@ -32,39 +29,38 @@ MAX_ARRAY_VALUE = 100
 _NO_NUMBER = frozenset({"", "unknown", "s"})
 
 
-@dataclass(frozen=True)
 class AgiRequest:
-    headers: MappingProxyType[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    """One FastAGI request: every header, and the ones the routes use read once at parse time."""
+
+    __slots__ = ("headers", "script", "uniqueid", "callerid", "calleridname", "did")
+
+    def __init__(self, headers: dict[str, str]) -> None:
+        self.headers: Mapping[str, str] = MappingProxyType(headers)
+        get = headers.get
+        # The route: ``agi://host:4573/screen?x`` → ``screen`` (query and slashes stripped).
+        self.script: str = get("agi_network_script", "").split("?", 1)[0].strip("/")
+        self.uniqueid: str = get("agi_uniqueid", "")
+        self.callerid: str = get("agi_callerid", "")
+        self.calleridname: str = get("agi_calleridname", "")
+        self.did: str = _did(headers)
 
     def get(self, name: str, default: str = "") -> str:
         return self.headers.get(name, default)
 
-    @property
-    def script(self) -> str:
-        """The route: ``agi://host:4573/screen?x`` → ``screen`` (query and slashes stripped)."""
-        return self.get("agi_network_script").split("?", 1)[0].strip("/")
 
-    @property
-    def uniqueid(self) -> str:
-        return self.get("agi_uniqueid")
+def _did(headers: dict[str, str]) -> str:
+    """The number dialled: an explicit ``AGI(…/screen,${EXTEN})`` argument wins, then ``agi_dnid``,
+    then ``agi_extension`` (the lab's ``agi_dnid`` is ``unknown``)."""
+    for name in ("agi_arg_1", "agi_dnid", "agi_extension"):
+        value = headers.get(name, "").strip()
+        if value.lower() not in _NO_NUMBER:
+            return value
+    return ""
 
-    @property
-    def callerid(self) -> str:
-        return self.get("agi_callerid")
 
-    @property
-    def calleridname(self) -> str:
-        return self.get("agi_calleridname")
-
-    @property
-    def did(self) -> str:
-        """The number dialled: an explicit ``AGI(…/screen,${EXTEN})`` argument wins, then
-        ``agi_dnid``, then ``agi_extension`` (the lab's ``agi_dnid`` is ``unknown``)."""
-        for name in ("agi_arg_1", "agi_dnid", "agi_extension"):
-            value = self.get(name).strip()
-            if value.lower() not in _NO_NUMBER:
-                return value
-        return ""
+_NAME = re.compile(r"agi_[A-Za-z0-9_]+")
+_KNOWN_NAMES: set[str] = set()  # names already checked: Asterisk sends the same two dozen every time
+_MAX_KNOWN_NAMES = 1024
 
 
 def parse_request(block: bytes) -> AgiRequest:
@@ -73,13 +69,33 @@ def parse_request(block: bytes) -> AgiRequest:
     Raises ``AgiProtocolError`` for anything that is not ``agi_*: value`` lines.
     """
     text = block.decode("utf-8", errors="replace")
-    # The slow path only runs on a bad block, to name the first bad line.
-    headers = dict(_PAIR.findall(text)) if _BLOCK.fullmatch(text) else _parse_lines(text)
+    headers = _parse_fast(text)
+    if headers is None:  # the line-by-line parser names the first bad line (or takes ``agi_x:``, CRLF)
+        headers = _parse_lines(text)
     if not headers:
         raise AgiProtocolError("empty request")
     if "agi_network_script" not in headers:
         raise AgiProtocolError("request has no agi_network_script")
-    return AgiRequest(MappingProxyType(headers))
+    return AgiRequest(headers)
+
+
+def _parse_fast(text: str) -> dict[str, str] | None:
+    """What Asterisk sends (``agi_name: value``, bare ``\n``), split at C speed; None for anything
+    else, which ``_parse_lines`` then judges."""
+    if "\r" in text:
+        return None
+    try:
+        headers = dict(line.split(": ", 1) for line in text.split("\n") if line)
+    except ValueError:  # a line without ": "
+        return None
+    if not _KNOWN_NAMES.issuperset(headers):
+        for name in headers:
+            if name not in _KNOWN_NAMES:
+                if not _NAME.fullmatch(name):
+                    return None
+                if len(_KNOWN_NAMES) < _MAX_KNOWN_NAMES:
+                    _KNOWN_NAMES.add(name)
+    return headers
 
 
 def _parse_lines(text: str) -> dict[str, str]:
