@@ -32,7 +32,7 @@ _NO_NUMBER = frozenset({"", "unknown", "s"})
 class AgiRequest:
     """One FastAGI request: every header, and the ones the routes use read once at parse time."""
 
-    __slots__ = ("headers", "script", "uniqueid", "callerid", "calleridname", "did")
+    __slots__ = ("callerid", "calleridname", "did", "headers", "script", "uniqueid")
 
     def __init__(self, headers: dict[str, str]) -> None:
         self.headers: Mapping[str, str] = MappingProxyType(headers)
