@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from callguard.config import Config
+from callguard.crm import offload
 from callguard.screening import Schedule, parse_schedule
 from callguard.store import Store
 
@@ -121,6 +122,7 @@ class Service:
                 log.info("part_stopped", part=part.name)
             except Exception:
                 log.exception("part_stop_failed", part=part.name)
+        offload.shutdown()  # the CRM page parser's worker process, if a sync started one
         if self.runtime is not None:
             await self.runtime.store.close()
             self.runtime = None

@@ -186,6 +186,9 @@ class SyncConfig:
     # Contacts written per transaction during a sync: small enough that the writer never holds the
     # database long (screens read through WAL and never wait), large enough to be fast.
     batch: int = 250
+    # Processes that decode and parse amoCRM contact pages, so the event loop answering calls never
+    # does (callguard.crm.offload); 0 parses on the loop, in slices.
+    parse_workers: int = 1
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (or one of its threads) so far, from /proc."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -104,6 +112,7 @@ async def run(args: argparse.Namespace) -> None:
     from callguard import log
     from callguard.agi import AgiServer
     from callguard.config import load_config
+    from callguard.crm import offload
     from callguard.crm.amocrm import AmoCrm
     from callguard.screen_service import ScreenService
     from callguard.screening import parse_schedule
@@ -131,7 +140,10 @@ async def run(args: argparse.Namespace) -> None:
         sys.executable, __file__, "--client", str(agi.port), "--rate", str(args.rate),
         "--contacts", str(args.contacts), stdout=asyncio.subprocess.PIPE)
     peak = rss_before
+    me = os.getpid()
     try:
+        cpu0 = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
+                "client": cpu_s(client_proc.pid)}
         t0 = time.perf_counter()
         task = asyncio.create_task(sync.full())
         while not task.done():
@@ -139,6 +151,13 @@ async def run(args: argparse.Namespace) -> None:
             peak = max(peak, rss_mb())
         report = task.result()
         wall = time.perf_counter() - t0
+        cpu = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
+               "client": cpu_s(client_proc.pid)}
+        cpu = {k: v - cpu0[k] for k, v in cpu.items()}
+        # The page parser's worker process (crm.offload; private attribute, fine for a benchmark).
+        pool = offload._pool
+        workers = list(pool._processes) if pool is not None else []  # type: ignore[attr-defined]
+        cpu["workers"] = sum(cpu_s(pid) for pid in workers)
         client_proc.terminate()
         out, _ = await client_proc.communicate()
         screens = json.loads(out.decode().strip().splitlines()[-1])
@@ -158,6 +177,10 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  contacts/s       {report.contacts / wall:,.0f}")
     print(f"  RSS              before {rss_before:.0f} MB, peak sampled {peak:.0f} MB, ru_maxrss {maxrss:.0f} MB "
           f"(target ≤ 150 MB)")
+    print(f"  CPU during sync  callguard {cpu['callguard']:.1f} s (event loop thread {cpu['loop']:.1f} s) "
+          f"+ page parser worker {cpu['workers']:.1f} s, "
+          f"CRM fake {cpu['fake']:.1f} s, Asterisk client {cpu['client']:.1f} s; "
+          f"{cpu['loop'] * 1e6 / max(report.contacts, 1):.0f} µs loop CPU per contact")
     print(f"  screens during   n={screens['n']} at {args.rate:.0f}/s, errors={screens['errors']}: "
           f"p50 {screens['p50']:.2f} ms  p99 {screens['p99']:.2f} ms  max {screens['max']:.1f} ms  "
           f"(target p99 ≤ 5 ms)  {screens['verdicts']}")
@@ -171,10 +194,11 @@ def main() -> None:
                     help="sys.setswitchinterval for the callguard process (default: Python's 5 ms)")
     ap.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    from callguard.app import run_loop  # uvloop, as `callguard run` uses
+
     if args.client:
-        asyncio.run(client(args.client, args.rate, args.contacts))
+        run_loop(client(args.client, args.rate, args.contacts))
         return
-    from callguard.app import run_loop
 
     run_loop(run(args))
 

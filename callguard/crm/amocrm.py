@@ -9,6 +9,7 @@ idempotency key exists, so every lead carries the Linkedid as a marker that ``fi
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from callguard.crm import Changes, CrmContact, LeadRef, Page
-from callguard.crm.http import HttpClient, RetryPolicy, shared_bucket
+from callguard.crm.http import HttpClient, RetryPolicy, parse_body, shared_bucket
 from callguard.errors import CrmError, CrmRejectedError
 from callguard.phone import to_e164
 
@@ -66,6 +67,17 @@ def _embedded(body: Any, key: str) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)]
 
 
+def decode_contacts(raw: bytes, spam_id: int | None, region: str) -> tuple[list[CrmContact], Any]:
+    """A contacts page → (its contacts parsed, the body with each contact cut to ``id`` and
+    ``updated_at``, all the sync reads of it). Runs in the ``crm.offload`` worker process."""
+    body = parse_body(raw)
+    items = _embedded(body, "contacts")
+    contacts = [parse_contact(c, spam_id, region) for c in items]
+    if items:
+        body["_embedded"]["contacts"] = [{"id": c.get("id"), "updated_at": c.get("updated_at")} for c in items]
+    return contacts, body
+
+
 def _has_next(body: Any) -> bool:
     return isinstance(body, dict) and "next" in (body.get("_links") or {})
 
@@ -80,6 +92,7 @@ class AmoCrm:
             raise CrmError("crm.amocrm.base_url is not set (https://<subdomain>.amocrm.ru)")
         self.cfg = a
         self.region = cfg.phone.default_region
+        self.parse_workers = cfg.sync.parse_workers
         self.base = a.base_url.rstrip("/")
         self.store = store
         self._token = a.token
@@ -175,6 +188,14 @@ class AmoCrm:
 
     async def _contacts(self, params: dict[str, Any], label: str) -> tuple[list[CrmContact], Any]:
         spam_id = await self.spam_field_id()
+        if self.parse_workers > 0:  # decoded and parsed in the worker process (crm.offload)
+            await self._load_tokens()
+            resp = await self.http.request(
+                "GET", self.base + "/api/v4/contacts", label, params=params,
+                decode=functools.partial(decode_contacts, spam_id=spam_id, region=self.region),
+                workers=self.parse_workers,
+            )
+            return (resp.decoded or [], resp.body)
         body = await self._get("/api/v4/contacts", label, params)
         items = _embedded(body, "contacts")
         out: list[CrmContact] = []

@@ -23,6 +23,7 @@ import orjson
 import structlog
 
 from callguard import metrics
+from callguard.crm import offload
 from callguard.errors import (
     CrmAuthError,
     CrmError,
@@ -76,6 +77,7 @@ class Response:
     status: int
     body: Any  # parsed JSON, or None (amoCRM 204 has no body)
     request_id: str
+    decoded: Any = None  # what ``request(decode=…)`` made of a 200 body, in the worker process
 
 
 def _retry_after(headers: Any) -> float | None:
@@ -132,6 +134,7 @@ class RetryPolicy:
 
 
 AuthHook = Callable[[], Awaitable[bool]]
+Decoder = Callable[[bytes], tuple[Any, Any]]
 
 
 class HttpClient:
@@ -169,19 +172,22 @@ class HttpClient:
 
     async def request(
         self, method: str, url: str, label: str, *, params: Any = None, json_body: Any = None,
-        idempotent: bool = True, authed: bool = True,
+        idempotent: bool = True, authed: bool = True, decode: Decoder | None = None, workers: int = 0,
     ) -> Response:
         """Send with rate limit and retries; raise a ``CrmError`` subclass when it cannot succeed.
 
         ``idempotent=False`` (creating a lead or note): a 5xx or network error may come *after* the CRM
         made the change, and neither CRM has an idempotency key, so it is not retried here; the caller
         looks for its marker before trying again. Rate-limit answers are always retried: the CRM
-        refused those before doing anything."""
+        refused those before doing anything.
+
+        ``decode``: for a 200 answer, ``decode(raw) -> (decoded, body)`` runs in the ``crm.offload``
+        pool of ``workers`` processes instead of the JSON decode here (contact pages in a sync)."""
         refreshed = False
         attempt = 0
         while True:
             try:
-                return await self._once(method, url, label, params, json_body, authed)
+                return await self._once(method, url, label, params, json_body, authed, decode, workers)
             except CrmAuthError as e:
                 if e.status == 401 and authed and not refreshed and self._on_unauthorized is not None:
                     refreshed = True
@@ -205,7 +211,8 @@ class HttpClient:
                 await asyncio.sleep(delay)
 
     async def _once(
-        self, method: str, url: str, label: str, params: Any, json_body: Any, authed: bool
+        self, method: str, url: str, label: str, params: Any, json_body: Any, authed: bool,
+        decode: Decoder | None = None, workers: int = 0,
     ) -> Response:
         await self.bucket.acquire()
         request_id = uuid.uuid4().hex[:12]
@@ -225,16 +232,20 @@ class HttpClient:
             raise CrmUnavailableError(f"{self.crm} {label}: {type(e).__name__} {e}".strip()) from e
         ms = round((time.perf_counter() - started) * 1000, 1)
         metrics.CRM_REQUESTS.labels(self.crm, f"{status // 100}xx").inc()
-        body = _parse(raw)
+        decoded = None
+        if decode is not None and status == 200 and raw:
+            decoded, body = await offload.run(workers, decode, raw)
+        else:
+            body = parse_body(raw)
         error = classify(self.crm, status, body, resp_headers)
         if error is not None:
             log.info("crm_request", crm=self.crm, call=label, status=status, ms=ms, request_id=request_id)
             raise error
         log.debug("crm_request", crm=self.crm, call=label, status=status, ms=ms, request_id=request_id)
-        return Response(status, body, request_id)
+        return Response(status, body, request_id, decoded)
 
 
-def _parse(raw: bytes) -> Any:
+def parse_body(raw: bytes) -> Any:
     if not raw:
         return None
     try:
