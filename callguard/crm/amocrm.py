@@ -78,6 +78,11 @@ def decode_contacts(raw: bytes, spam_id: int | None, region: str) -> tuple[list[
     return contacts, body
 
 
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # a dropped read-ahead's error is not the caller's: consume it quietly
+
+
 def _has_next(body: Any) -> bool:
     return isinstance(body, dict) and "next" in (body.get("_links") or {})
 
@@ -93,6 +98,7 @@ class AmoCrm:
         self.cfg = a
         self.region = cfg.phone.default_region
         self.parse_workers = cfg.sync.parse_workers
+        self._ahead: dict[int, asyncio.Task[tuple[list[CrmContact], Any]]] = {}  # list_page read-ahead
         self.base = a.base_url.rstrip("/")
         self.store = store
         self._token = a.token
@@ -153,6 +159,7 @@ class AmoCrm:
         return True
 
     async def close(self) -> None:
+        self._drop_ahead()
         await self.http.close()
 
     # --- the spam field -----------------------------------------------------------------------------
@@ -208,8 +215,29 @@ class AmoCrm:
 
     async def list_page(self, token: str | None) -> Page:
         page = int(token or 1)
-        contacts, body = await self._contacts({"limit": PAGE, "page": page, "order[id]": "asc"}, "contacts_list")
+        await self.spam_field_id()  # resolved (and cached) once, before two listings could both ask
+        task = self._ahead.pop(page, None) or asyncio.create_task(self._listing(page))
+        if self.parse_workers > 0 and not self._ahead:
+            # Offset paging: the next page's number is known before this body is decoded (in the
+            # worker), so ask for it now and let the fetch, the decode and the caller's write overlap.
+            self._ahead[page + 1] = asyncio.create_task(self._listing(page + 1))
+        try:
+            contacts, body = await task
+        except BaseException:
+            self._drop_ahead()
+            raise
+        if not _has_next(body):
+            self._drop_ahead()  # a page past the end (an amoCRM 204), or a stale one
         return Page(contacts, str(page + 1) if _has_next(body) else None)
+
+    async def _listing(self, page: int) -> tuple[list[CrmContact], Any]:
+        return await self._contacts({"limit": PAGE, "page": page, "order[id]": "asc"}, "contacts_list")
+
+    def _drop_ahead(self) -> None:
+        for task in self._ahead.values():
+            task.cancel()
+            task.add_done_callback(_retrieve)
+        self._ahead.clear()
 
     def cursor_at(self, ts: float) -> str:
         return json.dumps({"c": int(ts), "p": 1, "e": int(ts)})
