@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import cast
 
 import structlog
 from panoramisk import fast_agi
@@ -155,13 +155,11 @@ class AgiConnection(asyncio.Protocol):
         """Collect the request block up to the empty line; Asterisk ends lines with a bare ``\\n``."""
         buf = self._buf
         end = buf.find(b"\n\n")
-        if end < 0:
-            if len(buf) > self.cfg.max_header_bytes:
-                self._fail(AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes"))
-            return
-        if end > self.cfg.max_header_bytes:
+        if (end if end >= 0 else len(buf)) > self.cfg.max_header_bytes:
             self._fail(AgiProtocolError(f"request header over {self.cfg.max_header_bytes} bytes"))
             return
+        if end < 0:
+            return  # more to come, within the read timeout
         assert self._timer is not None
         self._timer.cancel()
         self._timer = None
@@ -171,13 +169,15 @@ class AgiConnection(asyncio.Protocol):
             self._fail(e)
             return
         del buf[: end + 2]
-        endpoint = self.server.app.route(request.script) if self.server.app is not None else None
+        app = self.server.app
+        assert app is not None  # set before the server listens
+        endpoint = app.route(request.script)
         if endpoint is None:
             metrics.AGI_ERRORS.labels(kind="unknown_script").inc()
             log.warning("agi_unknown_script", script=request.script[:80], uniqueid=request.uniqueid)
             self._close()
             return
-        session = AgiSession(self.server.app, request, self, self.cfg.read_timeout_ms / 1000)
+        session = AgiSession(app, request, self, self.cfg.read_timeout_ms / 1000)
         self.task = self.loop.create_task(self._serve(endpoint, session))
 
     def _header_timeout(self) -> None:
@@ -321,7 +321,7 @@ class AgiServer:
         if open_at_stop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), self.cfg.drain_seconds)
-            still: list[Any] = list(self._conns)
+            still = list(self._conns)
             for conn in still:
                 conn.abort()
             if still:

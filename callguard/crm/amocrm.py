@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from callguard.crm import Changes, CrmContact, LeadRef, Page
-from callguard.crm.http import HttpClient, RetryPolicy, parse_body, shared_bucket
+from callguard.crm import Changes, CrmContact, LeadRef, Page, offload
+from callguard.crm.http import Decoder, HttpClient, Response, RetryPolicy, parse_body, shared_bucket
 from callguard.errors import CrmError, CrmRejectedError
 from callguard.phone import to_e164
 
@@ -118,8 +118,12 @@ class AmoCrm:
         return {"Authorization": f"Bearer {self._token}"}
 
     async def _get(self, path: str, label: str, params: Any = None) -> Any:
+        return (await self._get_response(path, label, params)).body
+
+    async def _get_response(self, path: str, label: str, params: Any = None,
+                            decode: Decoder | None = None) -> Response:
         await self._load_tokens()
-        return (await self.http.request("GET", self.base + path, label, params=params)).body
+        return await self.http.request("GET", self.base + path, label, params=params, decode=decode)
 
     async def _post(self, path: str, label: str, body: Any) -> Any:
         await self._load_tokens()
@@ -196,12 +200,9 @@ class AmoCrm:
     async def _contacts(self, params: dict[str, Any], label: str) -> tuple[list[CrmContact], Any]:
         spam_id = await self.spam_field_id()
         if self.parse_workers > 0:  # decoded and parsed in the worker process (crm.offload)
-            await self._load_tokens()
-            resp = await self.http.request(
-                "GET", self.base + "/api/v4/contacts", label, params=params,
-                decode=functools.partial(decode_contacts, spam_id=spam_id, region=self.region),
-                workers=self.parse_workers,
-            )
+            page = functools.partial(decode_contacts, spam_id=spam_id, region=self.region)
+            resp = await self._get_response("/api/v4/contacts", label, params,
+                                            decode=functools.partial(offload.run, self.parse_workers, page))
             return (resp.decoded or [], resp.body)
         body = await self._get("/api/v4/contacts", label, params)
         items = _embedded(body, "contacts")

@@ -23,7 +23,6 @@ import orjson
 import structlog
 
 from callguard import metrics
-from callguard.crm import offload
 from callguard.errors import (
     CrmAuthError,
     CrmError,
@@ -134,7 +133,7 @@ class RetryPolicy:
 
 
 AuthHook = Callable[[], Awaitable[bool]]
-Decoder = Callable[[bytes], tuple[Any, Any]]
+Decoder = Callable[[bytes], Awaitable[tuple[Any, Any]]]
 
 
 class HttpClient:
@@ -172,7 +171,7 @@ class HttpClient:
 
     async def request(
         self, method: str, url: str, label: str, *, params: Any = None, json_body: Any = None,
-        idempotent: bool = True, authed: bool = True, decode: Decoder | None = None, workers: int = 0,
+        idempotent: bool = True, authed: bool = True, decode: Decoder | None = None,
     ) -> Response:
         """Send with rate limit and retries; raise a ``CrmError`` subclass when it cannot succeed.
 
@@ -181,13 +180,13 @@ class HttpClient:
         looks for its marker before trying again. Rate-limit answers are always retried: the CRM
         refused those before doing anything.
 
-        ``decode``: for a 200 answer, ``decode(raw) -> (decoded, body)`` runs in the ``crm.offload``
-        pool of ``workers`` processes instead of the JSON decode here (contact pages in a sync)."""
+        ``decode``: for a 200 answer, ``await decode(raw) -> (decoded, body)`` replaces the JSON decode
+        here (contact pages in a sync, decoded in the ``crm.offload`` worker)."""
         refreshed = False
         attempt = 0
         while True:
             try:
-                return await self._once(method, url, label, params, json_body, authed, decode, workers)
+                return await self._once(method, url, label, params, json_body, authed, decode)
             except CrmAuthError as e:
                 if e.status == 401 and authed and not refreshed and self._on_unauthorized is not None:
                     refreshed = True
@@ -212,7 +211,7 @@ class HttpClient:
 
     async def _once(
         self, method: str, url: str, label: str, params: Any, json_body: Any, authed: bool,
-        decode: Decoder | None = None, workers: int = 0,
+        decode: Decoder | None = None,
     ) -> Response:
         await self.bucket.acquire()
         request_id = uuid.uuid4().hex[:12]
@@ -234,7 +233,7 @@ class HttpClient:
         metrics.CRM_REQUESTS.labels(self.crm, f"{status // 100}xx").inc()
         decoded = None
         if decode is not None and status == 200 and raw:
-            decoded, body = await offload.run(workers, decode, raw)
+            decoded, body = await decode(raw)
         else:
             body = parse_body(raw)
         error = classify(self.crm, status, body, resp_headers)
