@@ -132,19 +132,27 @@ async def test_agi_port_answered_by_callguard(cfg: Config, store: Store) -> None
     assert r.status == "ok" and "running callguard" in r.message and "CALLGUARD_VERDICT" in r.message
 
 
-async def test_agi_port_taken_by_someone_else(cfg: Config) -> None:
-    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+@contextlib.asynccontextmanager
+async def other_program(answer: bytes, read_first: bool = False) -> AsyncIterator[int]:
+    """A port held by something that is not callguard: it answers ``answer`` and hangs up."""
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if read_first:
+            await reader.read(100)
+        writer.write(answer)
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(other, "127.0.0.1", 0)
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
-        port = int(server.sockets[0].getsockname()[1])
-        r = await check_agi(dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=port)))
+        yield int(server.sockets[0].getsockname()[1])
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_agi_port_taken_by_someone_else(cfg: Config) -> None:
+    async with other_program(b"HTTP/1.1 400 Bad Request\r\n\r\n") as port:
+        r = await check_agi(dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=port)))
     assert r.status == "fail" and "another program" in r.message and "agi.port" in r.fix
 
 
@@ -170,19 +178,9 @@ async def test_web_port_free_ours_or_taken(cfg: Config, store: Store) -> None:
             await server.stop()
         assert r.status == "ok" and "running callguard" in r.message, token
 
-    async def other(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(100)
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>router</html>")
-        await writer.drain()
-        writer.close()
-
-    server2 = await asyncio.start_server(other, "127.0.0.1", 0)
-    try:
-        port = int(server2.sockets[0].getsockname()[1])
+    router = b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\n\r\n<html>router</html>"
+    async with other_program(router, read_first=True) as port:
         r = await check_web(dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=port)))
-    finally:
-        server2.close()
-        await server2.wait_closed()
     assert r.status == "fail" and "web.port" in r.fix
 
 
