@@ -52,16 +52,22 @@ def variables_for(decision: Decision) -> list[tuple[str, str]]:
 
 _SCREENS = {v: metrics.SCREENS.labels(verdict=v.value) for v in Verdict}  # bound once, not per screen
 _VERDICT_COMMANDS = {v: set_variable("CALLGUARD_VERDICT", v.value) for v in Verdict}
+_VERDICT_CHECK = "GET VARIABLE CALLGUARD_VERDICT"
+
+# How long a check that ARRAY() works (func_strings.so loaded) is trusted before the next call checks again.
+ARRAY_RECHECK_S = 600.0
 
 
-def commands_for(decision: Decision) -> list[str]:
-    """The AGI commands that set ``variables_for(decision)``: the verdict alone first, as the lab
-    recorded it, then the contact's variables in one ARRAY() command (one round trip, not three)."""
+def commands_for(decision: Decision, array_works: bool = True) -> list[str]:
+    """The AGI commands that set ``variables_for(decision)``. The verdict alone, as the lab recorded it;
+    with a contact, everything in one ARRAY() command, one round trip instead of four. When ARRAY()
+    is known not to work, one plain command per variable, the verdict first."""
     variables = variables_for(decision)
-    commands = [_VERDICT_COMMANDS[decision.verdict]]
-    if len(variables) > 1:
-        commands.append(set_variables(variables[1:]))
-    return commands
+    if len(variables) == 1:
+        return [_VERDICT_COMMANDS[decision.verdict]]
+    if array_works:
+        return [set_variables(variables)]
+    return [_VERDICT_COMMANDS[decision.verdict], *(set_variable(name, value) for name, value in variables[1:])]
 
 
 class ScreenService:
@@ -75,6 +81,10 @@ class ScreenService:
         self._pending: list[ScreenRecord] = []
         self._flush_wakeup = asyncio.Event()
         self._flusher: asyncio.Task[None] | None = None
+        # ARRAY() lives in func_strings.so; Asterisk answers 200 to a SET VARIABLE of an unknown function,
+        # so whether it took is read back (GET VARIABLE) once per ARRAY_RECHECK_S, on a contact's call.
+        self._array_works = True
+        self._array_checked = -ARRAY_RECHECK_S
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -179,19 +189,48 @@ class ScreenService:
     async def _answer(self, session: AgiSession, decision: Decision) -> bool:
         """Send the variables; False when Asterisk did not take them (the dialplan then fails open)."""
         try:
-            for command in commands_for(decision):
-                reply = await session.send_command(command)
-                if not reply.ok:
-                    log.warning(
-                        "agi_command_rejected", uniqueid=session.request.uniqueid, command=command.split(" ")[2],
-                        reply=reply.text,
-                    )
-                    return False
+            commands = commands_for(decision, self._array_works)
+            if not await self._send(session, commands):
+                return False
+            if len(commands) == 1 and decision.contact is not None and self._array_due():
+                return await self._check_array(session, decision)
         except (AgiProtocolError, TimeoutError, ConnectionError, OSError) as e:
             metrics.AGI_ERRORS.labels(kind="reply").inc()
             log.warning("agi_reply_failed", uniqueid=session.request.uniqueid, error=str(e) or type(e).__name__)
             return False
         return True
+
+    async def _send(self, session: AgiSession, commands: list[str]) -> bool:
+        for command in commands:
+            reply = await session.send_command(command)
+            if not reply.ok:
+                log.warning(
+                    "agi_command_rejected", uniqueid=session.request.uniqueid, command=command.split(" ")[2],
+                    reply=reply.text,
+                )
+                return False
+        return True
+
+    def _array_due(self) -> bool:
+        return time.monotonic() - self._array_checked >= ARRAY_RECHECK_S
+
+    async def _check_array(self, session: AgiSession, decision: Decision) -> bool:
+        """Read the verdict back after an ARRAY() command; if it is not there, Asterisk has no ARRAY()
+        (func_strings.so not loaded): say so loudly and set the variables one by one from now on."""
+        reply = await session.send_command(_VERDICT_CHECK)
+        works = reply.ok and reply.result == "1" and reply.data == decision.verdict.value
+        self._array_checked = time.monotonic()
+        if works != self._array_works:
+            self._array_works = works
+            if works:
+                log.info("agi_array_available", uniqueid=session.request.uniqueid)
+            else:
+                log.error(
+                    "agi_array_unsupported", uniqueid=session.request.uniqueid, reply=reply.text,
+                    hint="ARRAY() did not set CALLGUARD_VERDICT: load func_strings.so in Asterisk; "
+                    "until then each variable goes in its own SET VARIABLE",
+                )
+        return works or await self._send(session, commands_for(decision, array_works=False))
 
     # --- recording, off the call path ---------------------------------------------------------------
 

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import sqlite3
 import statistics
 import subprocess
@@ -35,6 +36,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+REQUESTS = 60_000  # distinct requests the C client cycles through
 TRACE = ROOT / "tests" / "fixtures" / "traces" / "s02_clean_answered.agi.txt"
 
 
@@ -128,7 +130,8 @@ async def serve_callguard(port: int, db: str) -> None:
 def start_server(kind: str, port: int, db: Path) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
         [sys.executable, __file__, "--serve", kind, "--port", str(port), "--db", str(db)],
-        stdout=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     assert proc.stdout is not None
     if proc.stdout.readline().strip() != "ready":
@@ -138,6 +141,11 @@ def start_server(kind: str, port: int, db: Path) -> subprocess.Popen[str]:
 
 
 # --- the client (plays Asterisk) ------------------------------------------------------------------------
+
+
+SET_VERDICT = "SET VARIABLE CALLGUARD_VERDICT "
+SET_ARRAY = "SET VARIABLE ARRAY(CALLGUARD_VERDICT,"
+GET_VERDICT = "GET VARIABLE CALLGUARD_VERDICT"
 
 
 class AsteriskSide(asyncio.Protocol):
@@ -164,8 +172,18 @@ class AsteriskSide(asyncio.Protocol):
             line, self.buf = self.buf.split(b"\n", 1)
             if not self.latency:
                 self.latency = time.perf_counter() - self.t0
-                self.verdict = line.decode().rsplit(" ", 1)[-1]
-            self.transport.write(b"200 result=1\n")  # type: ignore[attr-defined]
+            self.transport.write(self.answer(line.decode()))  # type: ignore[attr-defined]
+
+    def answer(self, line: str) -> bytes:
+        """As Asterisk: SET VARIABLE sets (CALLGUARD_VERDICT, plain or first in an ARRAY()), GET VARIABLE
+        reads it back; scripts/agiload.c does the same."""
+        if line.startswith(SET_VERDICT):
+            self.verdict = line[len(SET_VERDICT) :]
+        elif line.startswith(SET_ARRAY):
+            self.verdict = line.partition('"')[2].split(",", 1)[0].rstrip('"')
+        elif line == GET_VERDICT:
+            return f"200 result=1 ({self.verdict})\n".encode() if self.verdict else b"200 result=0\n"
+        return b"200 result=1\n"
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.done.done():
@@ -250,27 +268,115 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
-async def measure(kind: str, port: int, args: argparse.Namespace, mode: str, rate: float = 0) -> dict[str, float]:
+def summarise(
+    latencies: list[float], verdicts: dict[str, int], errors: int, achieved: float, client_cpu: float
+) -> dict[str, float]:
+    return {
+        "p50": pct(latencies, 50),
+        "p99": pct(latencies, 99),
+        "max": max(latencies) * 1000,
+        "mean": statistics.fmean(latencies) * 1000,
+        "rate": achieved,
+        "n": len(latencies),
+        "errors": errors,
+        "client_cpu_us": client_cpu / len(latencies) * 1e6,
+        "verdicts": verdicts,  # type: ignore[dict-item]
+    }
+
+
+async def measure_python(port: int, args: argparse.Namespace, mode: str, rate: float) -> dict[str, float] | None:
     load = Load(port, 0, args.numbers)
     warm = Load(port, 0, args.numbers)
     await warm.closed_loop(20, 0.5)
+    cpu0 = time.process_time()
     if mode == "closed":
-        label = "closed"
         achieved = await load.closed_loop(args.concurrency, args.seconds)
     else:
-        label = f"open@{rate:.0f}/s"
         achieved = await load.open_loop(rate, args.concurrency, args.seconds)
     if not load.latencies:
-        raise SystemExit(f"{kind}: no screen completed ({load.errors} errors)")
-    res = {
-        "p50": pct(load.latencies, 50), "p99": pct(load.latencies, 99), "max": max(load.latencies) * 1000,
-        "mean": statistics.fmean(load.latencies) * 1000, "rate": achieved, "n": len(load.latencies),
-        "errors": load.errors,
-    }
-    verdicts = ", ".join(f"{k}={v}" for k, v in sorted(load.verdicts.items()))
-    print(f"  {kind:9s} {label:10s}: p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  max {res['max']:.1f} ms  "
-          f"{achieved:,.0f} screens/s  n={res['n']} errors={res['errors']}  [{verdicts}]", flush=True)
+        return None
+    return summarise(load.latencies, load.verdicts, load.errors, achieved, time.process_time() - cpu0)
+
+
+async def run_agiload(
+    binary: Path, port: int, requests: Path, mode: str, concurrency: int, rate: float, seconds: float
+) -> tuple[list[float], dict[str, int], int, float, float]:
+    with tempfile.NamedTemporaryFile("r", suffix=".out") as out:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            "127.0.0.1",
+            str(port),
+            str(requests),
+            mode,
+            str(concurrency),
+            str(rate),
+            str(seconds),
+            out.name,
+        )
+        if await proc.wait() != 0:
+            raise SystemExit(f"agiload exited with {proc.returncode}")
+        latencies: list[float] = []
+        verdicts: dict[str, int] = {}
+        errors, elapsed, cpu = 0, 0.0, 0.0
+        for line in out.read().splitlines():
+            head, _, rest = line.partition(" ")
+            if head == "error":
+                errors += 1
+            elif head == "#elapsed_s":
+                elapsed = float(rest)
+            elif head == "#cpu_us":
+                cpu = float(rest) / 1e6
+            else:
+                latencies.append(float(head) / 1e6)
+                verdicts[rest] = verdicts.get(rest, 0) + 1
+    return latencies, verdicts, errors, len(latencies) / elapsed if elapsed else 0.0, cpu
+
+
+async def measure_c(
+    binary: Path, requests: Path, port: int, args: argparse.Namespace, mode: str, rate: float
+) -> dict[str, float] | None:
+    await run_agiload(binary, port, requests, "closed", 20, 0, 0.5)  # warm-up
+    latencies, verdicts, errors, achieved, cpu = await run_agiload(
+        binary, port, requests, mode, args.concurrency, rate, args.seconds
+    )
+    if not latencies:
+        return None
+    return summarise(latencies, verdicts, errors, achieved, cpu)
+
+
+async def measure(kind: str, port: int, args: argparse.Namespace, mode: str, rate: float = 0) -> dict[str, float]:
+    if args.agiload is not None:
+        res = await measure_c(args.agiload, args.requests, port, args, mode, rate)
+    else:
+        res = await measure_python(port, args, mode, rate)
+    if res is None:
+        raise SystemExit(f"{kind}: no screen completed")
+    label = "closed" if mode == "closed" else f"open@{rate:.0f}/s"
+    verdicts = ", ".join(f"{k}={v}" for k, v in sorted(res.pop("verdicts").items()))  # type: ignore[attr-defined]
+    print(
+        f"  {kind:9s} {label:10s}: p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  max {res['max']:.1f} ms  "
+        f"{res['rate']:,.0f} screens/s  n={res['n']} errors={res['errors']}  [{verdicts}]  "
+        f"client CPU {res['client_cpu_us']:.0f} µs/screen",
+        flush=True,
+    )
     return res
+
+
+def build_agiload(where: Path) -> Path | None:
+    """The C client (scripts/agiload.c), compiled here; None when there is no C compiler."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        return None
+    binary = where / "agiload"
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(ROOT / "scripts" / "agiload.c")], check=True)
+    return binary
+
+
+def write_requests(path: Path, numbers: int, count: int) -> None:
+    load = Load(0, 0, numbers)
+    with path.open("wb") as f:
+        for _ in range(count):
+            f.write(load.payload())  # each ends with its blank line
 
 
 async def client(args: argparse.Namespace, db: Path) -> None:
@@ -287,19 +393,25 @@ async def client(args: argparse.Namespace, db: Path) -> None:
                 proc.wait(10)
     for mode in ("closed", "open", "light"):
         cg, floor = results[("callguard", mode)], results[("floor", mode)]
-        print(f"ratio {mode}: callguard/floor p99 = {cg['p99'] / floor['p99']:.2f}x, "
-              f"screens/s = {cg['rate'] / floor['rate']:.2f}x")
+        print(
+            f"ratio {mode}: callguard/floor p99 = {cg['p99'] / floor['p99']:.2f}x, "
+            f"screens/s = {cg['rate'] / floor['rate']:.2f}x"
+        )
     light = results[("callguard", "light")]
-    print(f"at {args.light_rate:.0f}/s offered (below saturation): callguard p99 {light['p99']:.3f} ms, "
-          f"floor p99 {results[('floor', 'light')]['p99']:.3f} ms")
+    print(
+        f"at {args.light_rate:.0f}/s offered (below saturation): callguard p99 {light['p99']:.3f} ms, "
+        f"floor p99 {results[('floor', 'light')]['p99']:.3f} ms"
+    )
     cg_open, cg_closed = results[("callguard", "open")], results[("callguard", "closed")]
     floor_open = results[("floor", "open")]
-    print("targets: "
-          f"p99 at {args.rate:.0f}/s with up to {args.concurrency} sessions ≤ 2 ms: {cg_open['p99']:.3f} ms "
-          f"({'met' if cg_open['p99'] <= 2 else 'MISSED'}); "
-          f"≥ 2,000 screens/s: {cg_closed['rate']:,.0f} ({'met' if cg_closed['rate'] >= 2000 else 'MISSED'}); "
-          f"p99 within 3x floor: {cg_open['p99'] / floor_open['p99']:.2f}x "
-          f"({'met' if cg_open['p99'] <= 3 * floor_open['p99'] else 'MISSED'})")
+    print(
+        "targets: "
+        f"p99 at {args.rate:.0f}/s with up to {args.concurrency} sessions ≤ 2 ms: {cg_open['p99']:.3f} ms "
+        f"({'met' if cg_open['p99'] <= 2 else 'MISSED'}); "
+        f"≥ 2,000 screens/s: {cg_closed['rate']:,.0f} ({'met' if cg_closed['rate'] >= 2000 else 'MISSED'}); "
+        f"p99 within 3x floor: {cg_open['p99'] / floor_open['p99']:.2f}x "
+        f"({'met' if cg_open['p99'] <= 3 * floor_open['p99'] else 'MISSED'})"
+    )
 
 
 def main() -> None:
@@ -311,6 +423,12 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--port", type=int, default=24573)
     p.add_argument("--serve", choices=["floor", "callguard"], help=argparse.SUPPRESS)
+    p.add_argument(
+        "--client",
+        choices=["auto", "c", "python"],
+        default="auto",
+        help="who plays Asterisk: the C client (scripts/agiload.c, needs cc) or the Python one",
+    )
     p.add_argument("--db", help=argparse.SUPPRESS)
     args = p.parse_args()
     from callguard.app import run_loop  # uvloop when installed, as `callguard run` uses
@@ -325,9 +443,22 @@ def main() -> None:
         db = Path(tmp) / "bench.sqlite3"
         t0 = time.perf_counter()
         build_store(db, args.numbers)
-        print(f"store: {args.numbers:,} cached numbers built in {time.perf_counter() - t0:.1f} s "
-              f"({db.stat().st_size / 1e6:.0f} MB); {args.concurrency} sessions, {args.seconds:.0f} s per run, "
-              f"cores={os.cpu_count()}", flush=True)
+        print(
+            f"store: {args.numbers:,} cached numbers built in {time.perf_counter() - t0:.1f} s "
+            f"({db.stat().st_size / 1e6:.0f} MB); {args.concurrency} sessions, {args.seconds:.0f} s per run, "
+            f"cores={os.cpu_count()}",
+            flush=True,
+        )
+        args.agiload = None if args.client == "python" else build_agiload(Path(tmp))
+        if args.agiload is None and args.client == "c":
+            raise SystemExit("--client c needs a C compiler (cc)")
+        if args.agiload is not None:
+            args.requests = Path(tmp) / "requests.txt"
+            write_requests(args.requests, args.numbers, REQUESTS)
+        print(
+            f"client (plays Asterisk): {'C, scripts/agiload.c' if args.agiload else 'Python, asyncio callbacks'}",
+            flush=True,
+        )
         run_loop(client(args, db))
 
 

@@ -9,6 +9,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+from structlog.testing import capture_logs
 
 from callguard.agi import AgiServer, AgiSession
 from callguard.config import Config
@@ -16,7 +17,7 @@ from callguard.screen_service import ScreenService
 from callguard.screening import parse_schedule
 from callguard.store import Store
 from tests.fakes import asterisk_agi
-from tests.fakes.asterisk_agi import channel_variables, header_with, load, session
+from tests.fakes.asterisk_agi import Channel, header_with, load, session
 
 SCENARIOS = {
     # scenario → the verdict callguard must send (lab spam list: +15550000666, +15550000999)
@@ -95,24 +96,57 @@ async def test_screens_are_recorded_off_the_call_path(running: Running) -> None:
     assert await running.store.screens.verdict_of(uniqueid) == "spam"
 
 
-async def test_known_contact_sets_contact_variables(running: Running) -> None:
-    async with running.store.db.write() as conn:
+async def _add_contact(store: Store) -> None:
+    async with store.db.write() as conn:
         await conn.execute(
             "INSERT INTO numbers VALUES ('+15551230001', '4711', 'Ivan \"Big\" Petrov', 'Anna', 0, 'amocrm', 1)"
         )
-    commands = await session(running.port, load("s02_clean_answered").header)
-    # The verdict alone first (as the lab recorded it), then the contact in one ARRAY() round trip.
-    assert commands == [
+
+
+CONTACT_VARIABLES = {
+    "CALLGUARD_VERDICT": "clean",
+    "CALLGUARD_CONTACT_ID": "4711",
+    "CALLGUARD_CONTACT_NAME": 'Ivan "Big" Petrov',
+    "CALLGUARD_OWNER": "Anna",
+}
+ARRAY_COMMAND = (
+    'SET VARIABLE ARRAY(CALLGUARD_VERDICT,CALLGUARD_CONTACT_ID,CALLGUARD_CONTACT_NAME,CALLGUARD_OWNER) '
+    '"clean,4711,Ivan \\\\\\"Big\\\\\\" Petrov,Anna"'
+)
+
+
+async def test_known_contact_sets_contact_variables(running: Running) -> None:
+    await _add_contact(running.store)
+    header = load("s02_clean_answered").header
+    first = Channel()
+    # One ARRAY() round trip; the first time, the verdict is read back to prove ARRAY() exists.
+    assert await session(running.port, header, channel=first) == [ARRAY_COMMAND, "GET VARIABLE CALLGUARD_VERDICT"]
+    assert first.variables == CONTACT_VARIABLES
+    later = Channel()
+    assert await session(running.port, header, channel=later) == [ARRAY_COMMAND]
+    assert later.variables == CONTACT_VARIABLES
+
+
+async def test_contact_variables_without_func_strings(running: Running) -> None:
+    """An Asterisk without func_strings.so answers 200 to ARRAY() and sets nothing: the read-back
+    shows it, the same call gets its variables one by one, and so does every later call."""
+    await _add_contact(running.store)
+    header = load("s02_clean_answered").header
+    plain = [
         "SET VARIABLE CALLGUARD_VERDICT clean",
-        'SET VARIABLE ARRAY(CALLGUARD_CONTACT_ID,CALLGUARD_CONTACT_NAME,CALLGUARD_OWNER) '
-        '"4711,Ivan \\\\\\"Big\\\\\\" Petrov,Anna"',
+        "SET VARIABLE CALLGUARD_CONTACT_ID 4711",
+        'SET VARIABLE CALLGUARD_CONTACT_NAME "Ivan \\"Big\\" Petrov"',
+        "SET VARIABLE CALLGUARD_OWNER Anna",
     ]
-    assert channel_variables(commands) == {
-        "CALLGUARD_VERDICT": "clean",
-        "CALLGUARD_CONTACT_ID": "4711",
-        "CALLGUARD_CONTACT_NAME": 'Ivan "Big" Petrov',
-        "CALLGUARD_OWNER": "Anna",
-    }
+    with capture_logs() as logs:
+        first = Channel(func_strings=False)
+        assert await session(running.port, header, channel=first) == [
+            ARRAY_COMMAND, "GET VARIABLE CALLGUARD_VERDICT", *plain
+        ]
+        later = Channel(func_strings=False)
+        assert await session(running.port, header, channel=later) == plain
+    assert first.variables == later.variables == CONTACT_VARIABLES
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["agi_array_unsupported"]
 
 
 async def test_async_hangup_line_is_not_taken_for_the_reply(running: Running) -> None:

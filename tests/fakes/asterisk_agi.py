@@ -2,8 +2,8 @@
 
 It speaks as Asterisk 22 does in tests/fixtures/traces/*.agi.txt: the ``agi_*`` header block with bare
 ``\\n`` line ends and an empty line, then one reply per command line it reads. Replies come from the
-recording when the command matches what was recorded, else ``200 result=1`` (what Asterisk answers to
-any valid ``SET VARIABLE``).
+recording when the command matches what was recorded, else from ``Channel``, which carries out
+``SET VARIABLE`` / ``GET VARIABLE`` as Asterisk does.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ class Transcript:
     exchanges: list[tuple[str, list[str]]] = field(default_factory=list)  # (command, reply lines)
     unsolicited: list[str] = field(default_factory=list)  # e.g. HANGUP before the first reply
 
-    def reply_to(self, command: str) -> list[str]:
+    def recorded_reply(self, command: str) -> list[str] | None:
         for cmd, reply in self.exchanges:
             if cmd == command:
                 return reply
-        return ["200 result=1"]
+        return None
 
 
 def load(name: str) -> Transcript:
@@ -63,13 +63,17 @@ def header_with(t: Transcript, **overrides: str) -> bytes:
 
 
 async def session(
-    port: int, header: bytes, transcript: Transcript | None = None, timeout: float = 5.0  # noqa: ASYNC109
+    port: int, header: bytes, transcript: Transcript | None = None, timeout: float = 5.0,  # noqa: ASYNC109
+    channel: Channel | None = None,
 ) -> list[str]:
-    """Run one FastAGI session against 127.0.0.1:port; return the command lines the server sent."""
+    """Run one FastAGI session against 127.0.0.1:port; return the command lines the server sent.
+
+    Commands the transcript recorded get the recorded reply; any other is carried out on ``channel``
+    (a fresh one when not given) as Asterisk would, so a ``GET VARIABLE`` reads what was set."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     commands: list[str] = []
     try:
-        await _converse(reader, writer, header, transcript, timeout, commands)
+        await _converse(reader, writer, header, transcript, timeout, commands, channel or Channel())
     except (ConnectionResetError, BrokenPipeError):
         pass  # the server closed with our bytes unread: Asterisk sees AGISTATUS=FAILURE
     finally:
@@ -81,7 +85,7 @@ async def session(
 
 async def _converse(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, header: bytes,
-    transcript: Transcript | None, timeout: float, commands: list[str],  # noqa: ASYNC109
+    transcript: Transcript | None, timeout: float, commands: list[str], channel: Channel,  # noqa: ASYNC109
 ) -> None:
     writer.write(header)
     if transcript is not None:
@@ -95,7 +99,8 @@ async def _converse(
                 break
             command = raw.decode().rstrip("\n")
             commands.append(command)
-            reply = transcript.reply_to(command) if transcript else ["200 result=1"]
+            recorded = transcript.recorded_reply(command) if transcript else None
+            reply = recorded if recorded is not None else [channel.execute(command)]
             writer.write("".join(f"{r}\n" for r in reply).encode())
             await writer.drain()
 
@@ -171,20 +176,48 @@ def app_args(text: str, delim: str = ",") -> list[str]:
     return out
 
 
+@dataclass
+class Channel:
+    """What Asterisk 22 does with the commands callguard sends, and what it answers (res_agi.c):
+
+    ``SET VARIABLE name value`` (exactly 4 words, else 520) goes through ``pbx_builtin_setvar_helper``,
+    which writes a name ending in ``)`` through the dialplan function; ARRAY() (funcs/func_strings.c)
+    splits names and values with AST_STANDARD_APP_ARGS and sets "" for a name without a value. Without
+    func_strings.so the function is unknown: Asterisk logs an error, sets nothing, and still answers
+    ``200 result=1``. ``GET VARIABLE name`` answers ``200 result=1 (value)`` or ``200 result=0``, as
+    recorded in s11_agi_protocol_replies."""
+
+    func_strings: bool = True
+    variables: dict[str, str] = field(default_factory=dict)
+
+    def execute(self, command: str) -> str:
+        argv = agi_args(command)
+        if argv[:2] == ["SET", "VARIABLE"]:
+            if len(argv) != 4:
+                return "520 Invalid command syntax.  Proper usage not available."
+            self._set(argv[2], argv[3])
+            return "200 result=1"
+        if argv[:2] == ["GET", "VARIABLE"] and len(argv) == 3:
+            value = self.variables.get(argv[2])
+            return "200 result=0" if value is None else f"200 result=1 ({value})"
+        return "510 Invalid or unknown command"
+
+    def _set(self, name: str, value: str) -> None:
+        if name.startswith("ARRAY(") and name.endswith(")"):
+            if not self.func_strings:
+                return
+            names, values = app_args(name[6:-1]), app_args(value)
+            for n, key in enumerate(names):
+                self.variables[key] = values[n] if n < len(values) else ""
+        else:
+            self.variables[name] = value
+
+
 def channel_variables(commands: list[str]) -> dict[str, str]:
-    """The channel variables the ``SET VARIABLE`` commands leave, as Asterisk 22 applies them:
-    ``pbx_builtin_setvar_helper`` writes a name ending in ``)`` through the dialplan function, and
-    ARRAY() (funcs/func_strings.c) splits names and values with AST_STANDARD_APP_ARGS, setting ""
-    for a name without a value."""
-    variables: dict[str, str] = {}
+    """The channel variables the ``SET VARIABLE`` commands leave on a channel (see ``Channel``)."""
+    channel = Channel()
     for command in commands:
         argv = agi_args(command)
         assert argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4, f"not a valid SET VARIABLE: {command!r}"
-        name, value = argv[2], argv[3]
-        if name.startswith("ARRAY(") and name.endswith(")"):
-            names, values = app_args(name[6:-1]), app_args(value)
-            for n, key in enumerate(names):
-                variables[key] = values[n] if n < len(values) else ""
-        else:
-            variables[name] = value
-    return variables
+        channel.execute(command)
+    return channel.variables
