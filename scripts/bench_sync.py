@@ -125,9 +125,10 @@ async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench_sync_"))
     (tmp / "config.toml").write_text(
         f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\n[crm]\nkind = "amocrm"\n'
-        f'[crm.amocrm]\nbase_url = "{url}"\ntoken = "amo-token"\nspam_field = "Спам"\nrate_rps = 0.0\n')
+        f'[crm.amocrm]\nbase_url = "{url}"\ntoken = "amo-token"\nspam_field = "Спам"\nrate_rps = 0.0\n'
+        + (f"[sync]\nbatch = {args.batch}\n" if args.batch else ""))
     cfg = load_config(tmp / "config.toml", env={})
-    log.configure("json", "info", stream=open(os.devnull, "w"))  # noqa: SIM115, ASYNC230
+    log.configure("json", "info", stream=open(os.devnull, "w"), final=True)  # noqa: SIM115, ASYNC230
     store = await Store.open(cfg.store.path)
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
     agi = AgiServer(cfg.agi, {"screen": screener.handle})
@@ -192,6 +193,7 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="screens per second during the sync")
     ap.add_argument("--switch-interval", type=float, default=0.0,
                     help="sys.setswitchinterval for the callguard process (default: Python's 5 ms)")
+    ap.add_argument("--batch", type=int, default=0, help="sync.batch (default: the config's)")
     ap.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     from callguard.app import run_loop  # uvloop, as `callguard run` uses
