@@ -189,10 +189,10 @@ class ScreenService:
     async def _answer(self, session: AgiSession, decision: Decision) -> bool:
         """Send the variables; False when Asterisk did not take them (the dialplan then fails open)."""
         try:
-            commands = commands_for(decision, self._array_works)
-            if not await self._send(session, commands):
+            check = decision.contact is not None and self._array_due()  # also retries ARRAY() after a miss
+            if not await self._send(session, commands_for(decision, self._array_works or check)):
                 return False
-            if len(commands) == 1 and decision.contact is not None and self._array_due():
+            if check:
                 return await self._check_array(session, decision)
         except (AgiProtocolError, TimeoutError, ConnectionError, OSError) as e:
             metrics.AGI_ERRORS.labels(kind="reply").inc()

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from callguard.agi import AgiServer, AgiSession
 from callguard.config import Config
-from callguard.screen_service import ScreenService
+from callguard.screen_service import ARRAY_RECHECK_S, ScreenService
 from callguard.screening import parse_schedule
 from callguard.store import Store
 from tests.fakes import asterisk_agi
@@ -147,6 +147,14 @@ async def test_contact_variables_without_func_strings(running: Running) -> None:
         assert await session(running.port, header, channel=later) == plain
     assert first.variables == later.variables == CONTACT_VARIABLES
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["agi_array_unsupported"]
+    # The admin loads func_strings.so: the next check finds ARRAY() working and one command is back.
+    running.screener._array_checked -= ARRAY_RECHECK_S
+    with capture_logs() as logs:
+        fixed = Channel()
+        assert await session(running.port, header, channel=fixed) == [ARRAY_COMMAND, "GET VARIABLE CALLGUARD_VERDICT"]
+        assert await session(running.port, header, channel=Channel()) == [ARRAY_COMMAND]
+    assert fixed.variables == CONTACT_VARIABLES
+    assert "agi_array_available" in [e["event"] for e in logs]
 
 
 async def test_async_hangup_line_is_not_taken_for_the_reply(running: Running) -> None:
