@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -268,49 +269,33 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000
 
 
-def summarise(
-    latencies: list[float], verdicts: dict[str, int], errors: int, achieved: float, client_cpu: float
-) -> dict[str, float]:
-    return {
-        "p50": pct(latencies, 50),
-        "p99": pct(latencies, 99),
-        "max": max(latencies) * 1000,
-        "mean": statistics.fmean(latencies) * 1000,
-        "rate": achieved,
-        "n": len(latencies),
-        "errors": errors,
-        "client_cpu_us": client_cpu / len(latencies) * 1e6,
-        "verdicts": verdicts,  # type: ignore[dict-item]
-    }
+class Run(NamedTuple):
+    """One load run, from either client."""
+
+    latencies: list[float]  # seconds
+    verdicts: dict[str, int]
+    errors: int
+    achieved: float  # screens/s
+    client_cpu: float  # seconds of the client's CPU
 
 
-async def measure_python(port: int, args: argparse.Namespace, mode: str, rate: float) -> dict[str, float] | None:
+async def run_python(port: int, args: argparse.Namespace, mode: str, rate: float) -> Run:
+    await Load(port, 0, args.numbers).closed_loop(20, 0.5)  # warm-up
     load = Load(port, 0, args.numbers)
-    warm = Load(port, 0, args.numbers)
-    await warm.closed_loop(20, 0.5)
     cpu0 = time.process_time()
     if mode == "closed":
         achieved = await load.closed_loop(args.concurrency, args.seconds)
     else:
         achieved = await load.open_loop(rate, args.concurrency, args.seconds)
-    if not load.latencies:
-        return None
-    return summarise(load.latencies, load.verdicts, load.errors, achieved, time.process_time() - cpu0)
+    return Run(load.latencies, load.verdicts, load.errors, achieved, time.process_time() - cpu0)
 
 
 async def run_agiload(
     binary: Path, port: int, requests: Path, mode: str, concurrency: int, rate: float, seconds: float
-) -> tuple[list[float], dict[str, int], int, float, float]:
+) -> Run:
     with tempfile.NamedTemporaryFile("r", suffix=".out") as out:
         proc = await asyncio.create_subprocess_exec(
-            str(binary),
-            "127.0.0.1",
-            str(port),
-            str(requests),
-            mode,
-            str(concurrency),
-            str(rate),
-            str(seconds),
+            str(binary), "127.0.0.1", str(port), str(requests), mode, str(concurrency), str(rate), str(seconds),
             out.name,
         )
         if await proc.wait() != 0:
@@ -329,34 +314,29 @@ async def run_agiload(
             else:
                 latencies.append(float(head) / 1e6)
                 verdicts[rest] = verdicts.get(rest, 0) + 1
-    return latencies, verdicts, errors, len(latencies) / elapsed if elapsed else 0.0, cpu
+    return Run(latencies, verdicts, errors, len(latencies) / elapsed if elapsed else 0.0, cpu)
 
 
-async def measure_c(
-    binary: Path, requests: Path, port: int, args: argparse.Namespace, mode: str, rate: float
-) -> dict[str, float] | None:
-    await run_agiload(binary, port, requests, "closed", 20, 0, 0.5)  # warm-up
-    latencies, verdicts, errors, achieved, cpu = await run_agiload(
-        binary, port, requests, mode, args.concurrency, rate, args.seconds
-    )
-    if not latencies:
-        return None
-    return summarise(latencies, verdicts, errors, achieved, cpu)
+async def run_c(port: int, args: argparse.Namespace, mode: str, rate: float) -> Run:
+    await run_agiload(args.agiload, port, args.requests, "closed", 20, 0, 0.5)  # warm-up
+    return await run_agiload(args.agiload, port, args.requests, mode, args.concurrency, rate, args.seconds)
 
 
 async def measure(kind: str, port: int, args: argparse.Namespace, mode: str, rate: float = 0) -> dict[str, float]:
-    if args.agiload is not None:
-        res = await measure_c(args.agiload, args.requests, port, args, mode, rate)
-    else:
-        res = await measure_python(port, args, mode, rate)
-    if res is None:
-        raise SystemExit(f"{kind}: no screen completed")
+    run = await (run_c if args.agiload is not None else run_python)(port, args, mode, rate)
+    if not run.latencies:
+        raise SystemExit(f"{kind}: no screen completed ({run.errors} errors)")
+    lat = run.latencies
+    res = {
+        "p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat) * 1000, "mean": statistics.fmean(lat) * 1000,
+        "rate": run.achieved, "n": len(lat), "errors": run.errors,
+    }
     label = "closed" if mode == "closed" else f"open@{rate:.0f}/s"
-    verdicts = ", ".join(f"{k}={v}" for k, v in sorted(res.pop("verdicts").items()))  # type: ignore[attr-defined]
+    verdicts = ", ".join(f"{k}={v}" for k, v in sorted(run.verdicts.items()))
     print(
         f"  {kind:9s} {label:10s}: p50 {res['p50']:.3f} ms  p99 {res['p99']:.3f} ms  max {res['max']:.1f} ms  "
         f"{res['rate']:,.0f} screens/s  n={res['n']} errors={res['errors']}  [{verdicts}]  "
-        f"client CPU {res['client_cpu_us']:.0f} µs/screen",
+        f"client CPU {run.client_cpu / len(lat) * 1e6:.0f} µs/screen",
         flush=True,
     )
     return res
