@@ -62,15 +62,20 @@ async def serve(fakes: list[FakeAsterisk], *scripts: Script) -> FakeAsterisk:
     return fake
 
 
+async def received_as_recorded(got: Collector, scenario: str) -> None:
+    """Every event the scenario recorded reaches the handler, in the recorded order."""
+    want = [f for f in frames(scenario) if "Event" in f]
+    await got.until(lambda: len(got.frames) >= len(want))
+    assert [f for f, _ in got.frames] == want
+
+
 async def test_events_arrive_in_recorded_order(cfg: Config, fakes: list[FakeAsterisk]) -> None:
     fake = await serve(fakes, Script(events_after_login("s02_clean_answered")))
     got = Collector()
     client = AmiClient(ami_cfg(cfg, fake.port), got)
     await client.start()
     try:
-        want = [f for f in frames("s02_clean_answered") if "Event" in f]
-        await got.until(lambda: len(got.frames) >= len(want))
-        assert [f for f, _ in got.frames] == want
+        await received_as_recorded(got, "s02_clean_answered")
         assert client.connected and client.logins == 1 and client.version == "11.0.0"
         assert fake.logins[0]["Username"] == "callguard" and fake.logins[0]["Secret"] == "secret"
     finally:
@@ -204,9 +209,7 @@ async def test_garbage_from_the_peer_is_counted_not_fatal(cfg: Config, fakes: li
     client = AmiClient(ami_cfg(cfg, fake.port), got)
     await client.start()
     try:
-        want = [f for f in frames("s14_direct_busy") if "Event" in f]
-        await got.until(lambda: len(got.frames) >= len(want))
-        assert [f for f, _ in got.frames] == want
+        await received_as_recorded(got, "s14_direct_busy")
         assert client.connected and client.logins == 1
     finally:
         await client.stop()
