@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import cast
@@ -33,6 +35,7 @@ from callguard.errors import AgiProtocolError
 log = structlog.get_logger("callguard.agi")
 
 Endpoint = Callable[["AgiSession"], Awaitable[None]]
+BACKLOG = 512
 
 
 class AgiSession(fast_agi.Request):  # type: ignore[misc]
@@ -273,14 +276,21 @@ class AgiServer:
 
     name = "agi"
 
-    def __init__(self, cfg: AgiConfig, routes: dict[str, Endpoint]) -> None:
+    def __init__(self, cfg: AgiConfig, routes: dict[str, Endpoint], sock: socket.socket | None = None) -> None:
+        """``sock``: a listening socket to serve (an AGI worker's, shared with its siblings); without it
+        the server binds ``cfg.host``:``cfg.port`` itself."""
         self.cfg = cfg
         self.routes = routes
+        self.sock = sock
         self.app: FastAgiApplication | None = None
         self._server: asyncio.Server | None = None
         self._conns: set[AgiConnection] = set()
         self._idle = asyncio.Event()
         self.port: int | None = None
+
+    @property
+    def active(self) -> int:
+        return len(self._conns)
 
     @property
     def listening(self) -> bool:
@@ -291,12 +301,18 @@ class AgiServer:
         for path, endpoint in self.routes.items():
             self.app.add_route(path, endpoint)
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: AgiConnection(self), self.cfg.host, self.cfg.port, reuse_address=True, backlog=512,
-        )
+        if self.sock is not None:
+            self._server = await loop.create_server(lambda: AgiConnection(self), sock=self.sock, backlog=BACKLOG)
+        else:
+            self._server = await loop.create_server(
+                lambda: AgiConnection(self), self.cfg.host, self.cfg.port, reuse_address=True, backlog=BACKLOG,
+            )
         self.port = self._server.sockets[0].getsockname()[1]
         metrics.AGI_ACTIVE.set_function(lambda: len(self._conns))  # read at scrape time, not per call
-        log.info("agi_listening", host=self.cfg.host, port=self.port, deadline_ms=self.cfg.deadline_ms)
+        if self.sock is None:
+            log.info("agi_listening", host=self.cfg.host, port=self.port, deadline_ms=self.cfg.deadline_ms)
+        else:  # an AGI worker process; the pool logs agi_listening
+            log.info("agi_worker_serving", port=self.port, pid=os.getpid())
 
     def _opened(self, conn: AgiConnection) -> bool:
         if len(self._conns) >= self.cfg.max_connections:

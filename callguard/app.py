@@ -45,10 +45,14 @@ class Runtime:
 def build_parts(rt: Runtime) -> list[Part]:
     """The parts in start order. Later issues add theirs here."""
     from callguard.agi import AgiServer
+    from callguard.agi_pool import AgiPool, uses_workers
     from callguard.screen_service import ScreenService
 
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
-    parts: list[Part] = [screener, AgiServer(rt.cfg.agi, {"screen": screener.handle})]
+    agi: Part = (
+        AgiPool(rt.cfg, screener) if uses_workers(rt.cfg) else AgiServer(rt.cfg.agi, {"screen": screener.handle})
+    )
+    parts: list[Part] = [screener, agi]
     parts.extend(_missed_call_parts(rt, screener))
     if rt.cfg.crm.kind != "none":
         # Before web: webhooks hand contact ids to the running sync part.

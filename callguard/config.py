@@ -88,6 +88,9 @@ class AgiConfig:
     max_header_bytes: int = 16384
     max_connections: int = 1000
     drain_seconds: float = 5.0
+    # Screening processes sharing the listening socket (callguard/agi_pool.py); 0 screens on the main
+    # process's event loop, beside AMI, sync and web.
+    workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -333,6 +336,9 @@ def _set_path(raw: dict[str, Any], path: tuple[str, ...], value: str) -> None:
     node[path[-1]] = value
 
 
+MAX_AGI_WORKERS = 32
+
+
 def _validate(cfg: Config) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -349,6 +355,8 @@ def _validate(cfg: Config) -> None:
             raise ConfigError(f"port out of range: {port}", name)
     if cfg.agi.deadline_ms <= 0:
         raise ConfigError("must be positive", "agi.deadline_ms")
+    if not 0 <= cfg.agi.workers <= MAX_AGI_WORKERS:
+        raise ConfigError(f"must be 0 to {MAX_AGI_WORKERS}", "agi.workers")
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":

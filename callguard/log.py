@@ -10,7 +10,7 @@ import functools
 import logging
 import sys
 from collections.abc import MutableMapping
-from typing import Any, TextIO
+from typing import Any, NamedTuple, TextIO
 
 import orjson
 import structlog
@@ -37,6 +37,21 @@ def _dumps(obj: Any, **kw: Any) -> str:
     return orjson.dumps(obj, default=kw.get("default")).decode()
 
 
+class Settings(NamedTuple):
+    fmt: str
+    level: str
+    stream: TextIO
+
+
+_settings: Settings | None = None
+
+
+def settings() -> Settings:
+    """What the last ``configure`` set (its defaults before any): AGI worker processes log the same way,
+    to the same stream."""
+    return _settings or Settings("auto", "info", sys.stdout)
+
+
 def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = None, *, final: bool = False) -> None:
     """``fmt``: auto (console on a TTY, else JSON), json, console.
 
@@ -44,7 +59,9 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     built once on first use instead of on every call; tests and one-shot commands leave it False so
     ``structlog.testing.capture_logs`` and later ``configure`` calls still reach every logger.
     """
+    global _settings
     stream = stream or sys.stdout
+    _settings = Settings(fmt, level, stream)
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     processors: list[Any] = [
         structlog.processors.add_log_level,

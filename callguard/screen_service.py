@@ -50,7 +50,7 @@ def variables_for(decision: Decision) -> list[tuple[str, str]]:
     return out
 
 
-_SCREENS = {v: metrics.SCREENS.labels(verdict=v.value) for v in Verdict}  # bound once, not per screen
+_SCREENS = {v.value: metrics.SCREENS.labels(verdict=v.value) for v in Verdict}  # bound once, not per screen
 _VERDICT_COMMANDS = {v: set_variable("CALLGUARD_VERDICT", v.value) for v in Verdict}
 _VERDICT_CHECK = "GET VARIABLE CALLGUARD_VERDICT"
 
@@ -73,10 +73,15 @@ def commands_for(decision: Decision, array_works: bool = True) -> list[str]:
 class ScreenService:
     name = "screener"
 
-    def __init__(self, cfg: Config, store: Store, schedule: Schedule) -> None:
+    def __init__(
+        self, cfg: Config, store: Store, schedule: Schedule, sink: Subscriber | None = None,
+    ) -> None:
+        """``sink`` takes each screen's record; by default ``ingest`` (this process records it). An AGI
+        worker process passes its link to the main process, whose ScreenService ingests it."""
         self.cfg = cfg
         self.store = store
         self.schedule = schedule
+        self._sink = sink or self.ingest
         self._subscribers: list[Subscriber] = []
         self._pending: list[ScreenRecord] = []
         self._flush_wakeup = asyncio.Event()
@@ -164,8 +169,6 @@ class ScreenService:
             decision = Decision(Verdict.CLEAN, f"fail_open:{fault}")
         delivered = await self._answer(session, decision)
         latency_ms = (time.perf_counter() - session.started) * 1000
-        _SCREENS[decision.verdict].inc()
-        metrics.SCREEN_LATENCY.observe(latency_ms / 1000)
         contact = decision.contact
         log.info(
             "call_screened",
@@ -180,7 +183,7 @@ class ScreenService:
             delivered=delivered,
             caller_hung_up=session.hung_up,
         )
-        self._record(
+        self._sink(
             ScreenRecord(
                 req.uniqueid, time.time(), phone.display, did, decision.verdict.value, decision.reason, latency_ms
             )
@@ -234,7 +237,11 @@ class ScreenService:
 
     # --- recording, off the call path ---------------------------------------------------------------
 
-    def _record(self, record: ScreenRecord) -> None:
+    def ingest(self, record: ScreenRecord) -> None:
+        """Count, tell subscribers (the call tracker) and queue for the store one screen's record, from
+        this process or from an AGI worker."""
+        _SCREENS[record.verdict].inc()
+        metrics.SCREEN_LATENCY.observe(record.latency_ms / 1000)
         for fn in self._subscribers:
             try:
                 fn(record)
