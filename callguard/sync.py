@@ -58,10 +58,6 @@ class SyncReport:
                 f"purged {self.purged}" + (" (resumed)" if self.resumed else ""))
 
 
-def _rows(contacts: Sequence[CrmContact]) -> list[tuple[str, str, str, bool, tuple[str, ...]]]:
-    return [(c.contact_id, c.name, c.owner, c.spam, c.phones) for c in contacts]
-
-
 class SyncService:
     name = "sync"
 
@@ -142,7 +138,7 @@ class SyncService:
         found = {c.contact_id for c in contacts}
         gone = [cid for cid in contact_ids if cid not in found]
         async with self._lock, self.store.db.write() as conn:
-            change = await self.store.numbers.write_contacts(conn, _rows(contacts), self.source, self.clock())
+            change = await self.store.numbers.write_contacts(conn, contacts, self.source, self.clock())
             report.deleted = await self.store.numbers.delete_contacts(conn, gone, self.source)
         report.contacts, report.added, report.removed, report.changed = (
             len(contacts), change.added, change.removed, change.changed)
@@ -214,7 +210,7 @@ class SyncService:
         chunks = [contacts[i:i + batch] for i in range(0, len(contacts), batch)] or [[]]
         for n, chunk in enumerate(chunks):
             async with self._lock, self.store.db.write() as conn:
-                change = await self.store.numbers.write_contacts(conn, _rows(chunk), self.source, self.clock())
+                change = await self.store.numbers.write_contacts(conn, chunk, self.source, self.clock())
                 if n == len(chunks) - 1:
                     # The resume point / cursor commits with the page's last rows.
                     report.deleted += await self.store.numbers.delete_contacts(conn, deleted, self.source)

@@ -111,6 +111,7 @@ def start_fake(contacts: int) -> tuple[subprocess.Popen[str], str]:
 async def run(args: argparse.Namespace) -> None:
     from callguard import log
     from callguard.agi import AgiServer
+    from callguard.agi_pool import AgiPool, uses_workers
     from callguard.config import load_config
     from callguard.crm import offload
     from callguard.crm.amocrm import AmoCrm
@@ -124,14 +125,16 @@ async def run(args: argparse.Namespace) -> None:
     fake, url = start_fake(args.contacts)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sync_"))
     (tmp / "config.toml").write_text(
-        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\n[crm]\nkind = "amocrm"\n'
+        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\nworkers = {args.workers}\n'
+        f'[crm]\nkind = "amocrm"\n'
         f'[crm.amocrm]\nbase_url = "{url}"\ntoken = "amo-token"\nspam_field = "Спам"\nrate_rps = 0.0\n'
-        + (f"[sync]\nbatch = {args.batch}\n" if args.batch else ""))
+        + f"[sync]\nparse_workers = {args.parse_workers}\n" + (f"batch = {args.batch}\n" if args.batch else ""))
     cfg = load_config(tmp / "config.toml", env={})
     log.configure("json", "info", stream=open(os.devnull, "w"), final=True)  # noqa: SIM115, ASYNC230
     store = await Store.open(cfg.store.path)
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
-    agi = AgiServer(cfg.agi, {"screen": screener.handle})
+    # As `callguard run` builds it: screening in worker processes unless --workers 0.
+    agi = AgiPool(cfg, screener) if uses_workers(cfg) else AgiServer(cfg.agi, {"screen": screener.handle})
     await screener.start()
     await agi.start()
     crm = AmoCrm(cfg, store)
@@ -143,8 +146,9 @@ async def run(args: argparse.Namespace) -> None:
     peak = rss_before
     me = os.getpid()
     try:
+        screeners = [w.pid for w in agi.workers if w.pid] if isinstance(agi, AgiPool) else []
         cpu0 = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
-                "client": cpu_s(client_proc.pid)}
+                "client": cpu_s(client_proc.pid), "screeners": sum(cpu_s(pid) for pid in screeners)}
         t0 = time.perf_counter()
         task = asyncio.create_task(sync.full())
         while not task.done():
@@ -153,7 +157,7 @@ async def run(args: argparse.Namespace) -> None:
         report = task.result()
         wall = time.perf_counter() - t0
         cpu = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
-               "client": cpu_s(client_proc.pid)}
+               "client": cpu_s(client_proc.pid), "screeners": sum(cpu_s(pid) for pid in screeners)}
         cpu = {k: v - cpu0[k] for k, v in cpu.items()}
         # The page parser's worker process (crm.offload; private attribute, fine for a benchmark).
         pool = offload._pool
@@ -179,7 +183,7 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  RSS              before {rss_before:.0f} MB, peak sampled {peak:.0f} MB, ru_maxrss {maxrss:.0f} MB "
           f"(target ≤ 150 MB)")
     print(f"  CPU during sync  callguard {cpu['callguard']:.1f} s (event loop thread {cpu['loop']:.1f} s) "
-          f"+ page parser worker {cpu['workers']:.1f} s, "
+          f"+ page parser worker {cpu['workers']:.1f} s + {len(screeners)} AGI workers {cpu['screeners']:.1f} s, "
           f"CRM fake {cpu['fake']:.1f} s, Asterisk client {cpu['client']:.1f} s; "
           f"{cpu['loop'] * 1e6 / max(report.contacts, 1):.0f} µs loop CPU per contact")
     print(f"  screens during   n={screens['n']} at {args.rate:.0f}/s, errors={screens['errors']}: "
@@ -194,6 +198,8 @@ def main() -> None:
     ap.add_argument("--switch-interval", type=float, default=0.0,
                     help="sys.setswitchinterval for the callguard process (default: Python's 5 ms)")
     ap.add_argument("--batch", type=int, default=0, help="sync.batch (default: the config's)")
+    ap.add_argument("--parse-workers", type=int, default=1, help="sync.parse_workers")
+    ap.add_argument("--workers", type=int, default=2, help="agi.workers (0: screen on the sync's event loop)")
     ap.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     from callguard.app import run_loop  # uvloop, as `callguard run` uses

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import orjson
 
-from callguard.crm import offload
+from callguard.crm import CrmContact, offload
 from callguard.crm.amocrm import AmoCrm, _embedded, _has_next, decode_contacts, parse_contact
 from callguard.store import Store
 from callguard.sync import SyncService
@@ -38,7 +38,9 @@ def test_decoded_page_matches_the_inline_parse() -> None:
     page = {"_page": 1, "_links": {"next": {"href": "x"}},
             "_embedded": {"contacts": [fake.render(i, fake.generated_contact(i)) for i in range(1, 251)]}}
     raw = orjson.dumps(page)
-    contacts, body = decode_contacts(raw, 777, "RU")
+    rows, body = decode_contacts(raw, 777, "RU")
+    assert all(type(r) is tuple for r in rows)  # plain tuples cross the process boundary cheaply
+    contacts = [CrmContact._make(r) for r in rows]
     assert contacts == [parse_contact(c, 777, "RU") for c in page["_embedded"]["contacts"]]
     assert sum(c.spam for c in contacts) == 5 and sum(len(c.phones) for c in contacts) == 333
     assert _has_next(body)

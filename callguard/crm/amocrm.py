@@ -67,12 +67,14 @@ def _embedded(body: Any, key: str) -> list[dict[str, Any]]:
     return [i for i in items if isinstance(i, dict)]
 
 
-def decode_contacts(raw: bytes, spam_id: int | None, region: str) -> tuple[list[CrmContact], Any]:
-    """A contacts page → (its contacts parsed, the body with each contact cut to ``id`` and
-    ``updated_at``, all the sync reads of it). Runs in the ``crm.offload`` worker process."""
+def decode_contacts(raw: bytes, spam_id: int | None, region: str) -> tuple[list[tuple[Any, ...]], Any]:
+    """A contacts page → (its contacts parsed, as plain tuples, and the body with each contact cut to
+    ``id`` and ``updated_at``, all the sync reads of it). Runs in the ``crm.offload`` worker process;
+    plain tuples pickle there and unpickle on the event loop ~4x faster than ``CrmContact``s
+    (``CrmContact._make`` puts the name back)."""
     body = parse_body(raw)
     items = _embedded(body, "contacts")
-    contacts = [parse_contact(c, spam_id, region) for c in items]
+    contacts = [tuple(parse_contact(c, spam_id, region)) for c in items]
     if items:
         body["_embedded"]["contacts"] = [{"id": c.get("id"), "updated_at": c.get("updated_at")} for c in items]
     return contacts, body
@@ -203,7 +205,7 @@ class AmoCrm:
             page = functools.partial(decode_contacts, spam_id=spam_id, region=self.region)
             resp = await self._get_response("/api/v4/contacts", label, params,
                                             decode=functools.partial(offload.run, self.parse_workers, page))
-            return (resp.decoded or [], resp.body)
+            return ([CrmContact._make(t) for t in resp.decoded or ()], resp.body)
         body = await self._get("/api/v4/contacts", label, params)
         items = _embedded(body, "contacts")
         out: list[CrmContact] = []
