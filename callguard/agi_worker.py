@@ -36,6 +36,10 @@ from callguard.store.screens import ScreenRecord
 log = structlog.get_logger("callguard.agi_worker")
 
 STATS_INTERVAL = 1.0
+# A screen's record reaches the main process at most this late. The call tracker needs a verdict before
+# the call ends; a spam call ends with Asterisk's hangup after the AGI, tens of ms later at the least,
+# and the tracker also reads the verdict from AMI (VarSet CALLGUARD_VERDICT).
+LINK_FLUSH_S = 0.01
 _VERDICTS = frozenset(v.value for v in Verdict)
 
 
@@ -122,8 +126,9 @@ def counters(active: int) -> Stats:
 
 
 class LinkToMain(asyncio.Protocol):
-    """The worker's end of the link. Writes are gathered per loop pass: one syscall for all the
-    screens answered in it, not one each."""
+    """The worker's end of the link. Writes are gathered for LINK_FLUSH_S: one write, and one wake-up
+    of the main process, for all the screens answered meanwhile, not one each (a write and a wake-up per
+    screen cost ~30 µs here and ~90 µs of the main process's CPU per screen at 1,000 screens/s)."""
 
     def __init__(self) -> None:
         self.transport: asyncio.WriteTransport | None = None
@@ -149,7 +154,7 @@ class LinkToMain(asyncio.Protocol):
 
     def send(self, data: bytes) -> None:
         if not self._out:
-            asyncio.get_running_loop().call_soon(self.flush)
+            asyncio.get_running_loop().call_later(LINK_FLUSH_S, self.flush)
         self._out.append(data)
 
     def record(self, record: ScreenRecord) -> None:

@@ -103,7 +103,7 @@ async def serve_floor(port: int) -> None:
         await server.serve_forever()
 
 
-async def serve_callguard(port: int, db: str) -> None:
+async def serve_callguard(port: int, db: str, workers: int) -> None:
     import dataclasses
 
     from callguard import log
@@ -114,7 +114,7 @@ async def serve_callguard(port: int, db: str) -> None:
     cfg = dataclasses.replace(
         cfg,
         store=dataclasses.replace(cfg.store, path=Path(db)),
-        agi=dataclasses.replace(cfg.agi, port=port, max_connections=5000),
+        agi=dataclasses.replace(cfg.agi, port=port, max_connections=5000, workers=workers),
         web=dataclasses.replace(cfg.web, enabled=False),
     )
     # The log goes where journald would take it; JSON formatting is part of the measured cost.
@@ -128,9 +128,9 @@ async def serve_callguard(port: int, db: str) -> None:
         await service.stop()
 
 
-def start_server(kind: str, port: int, db: Path) -> subprocess.Popen[str]:
+def start_server(kind: str, port: int, db: Path, workers: int) -> subprocess.Popen[str]:
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--db", str(db)],
+        [sys.executable, __file__, "--serve", kind, "--port", str(port), "--db", str(db), "--workers", str(workers)],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -362,7 +362,7 @@ def write_requests(path: Path, numbers: int, count: int) -> None:
 async def client(args: argparse.Namespace, db: Path) -> None:
     results: dict[tuple[str, str], dict[str, float]] = {}
     for kind, port in (("floor", args.port + 1), ("callguard", args.port)):
-        proc = start_server(kind, port, db)
+        proc = start_server(kind, port, db, args.workers)
         try:
             results[(kind, "closed")] = await measure(kind, port, args, "closed")
             results[(kind, "open")] = await measure(kind, port, args, "open", args.rate)
@@ -410,6 +410,7 @@ def main() -> None:
         help="who plays Asterisk: the C client (scripts/agiload.c, needs cc) or the Python one",
     )
     p.add_argument("--db", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=2, help="agi.workers of the callguard server (0: in-process)")
     args = p.parse_args()
     from callguard.app import run_loop  # uvloop when installed, as `callguard run` uses
 
@@ -417,7 +418,7 @@ def main() -> None:
         run_loop(serve_floor(args.port))
         return
     if args.serve == "callguard":
-        run_loop(serve_callguard(args.port, args.db))
+        run_loop(serve_callguard(args.port, args.db, args.workers))
         return
     with tempfile.TemporaryDirectory() as tmp:
         db = Path(tmp) / "bench.sqlite3"

@@ -63,7 +63,11 @@ class Numbers:
         self.db = db
 
     async def lookup(self, phone: str | None) -> Lookup:
-        """The screening read: synchronous on the loop thread by design (see ``store.db``)."""
+        return self.lookup_now(phone)
+
+    def lookup_now(self, phone: str | None) -> Lookup:
+        """The screening read: synchronous on the loop thread by design (see ``store.db``); a lock
+        wait raises ``sqlite3.OperationalError`` after HOT_BUSY_TIMEOUT_MS."""
         if not phone:
             return EMPTY
         row = self.db.hot.execute(_LOOKUP_SQL, (phone,)).fetchone()
