@@ -31,8 +31,9 @@ log = structlog.get_logger("callguard.screen")
 
 Subscriber = Callable[[ScreenRecord], None]
 
-FLUSH_INTERVAL = 1.0
-FLUSH_BATCH = 500
+# Small batches, often: a big insert is a burst of CPU the screening processes would queue behind.
+FLUSH_INTERVAL = 0.25
+FLUSH_BATCH = 250
 FLUSH_KEEP = 50_000
 
 

@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import orjson
+import pytest
 
 from callguard.crm import CrmContact, offload
 from callguard.crm.amocrm import AmoCrm, _embedded, _has_next, decode_contacts, parse_contact
@@ -73,3 +74,12 @@ async def test_full_sync_gives_the_same_cache_with_and_without_workers(tmp_path:
     finally:
         await fake.close()
     assert fake.errors == []
+
+
+def test_worker_priority_not_permitted_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under a sandbox that forbids setpriority the pool's initializer must not fail (a broken pool)."""
+    def refuse(_: int) -> int:
+        raise PermissionError("nice blocked by the sandbox")
+
+    monkeypatch.setattr(os, "nice", refuse)
+    offload._lower_priority()

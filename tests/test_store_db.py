@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 from pathlib import Path
 
 import pytest
 
 from callguard.errors import SchemaTooNewError
 from callguard.store import Store
+from callguard.store.db import WRITER_NICE, _nice_this_thread
 from callguard.store.migrations import LATEST
 
 
@@ -77,3 +80,25 @@ async def test_reopen_keeps_data_and_version(tmp_path: Path) -> None:
         assert await s.db.integrity_check() == "ok"
     finally:
         await s.close()
+
+
+async def test_writer_thread_runs_at_lower_cpu_priority(store: Store) -> None:
+    """Bulk writes (a sync's pages, screen records) yield the CPU to the screening processes."""
+    writer = store.db._writer
+
+    def priority() -> int:
+        return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+    await writer.create_function("test_priority", 0, priority)
+    async with writer.execute("SELECT test_priority()") as cur:
+        row = await cur.fetchone()
+    base = priority()  # the event loop's thread keeps the service's priority
+    assert row is not None and row[0] == max(base, WRITER_NICE)
+
+
+def test_writer_priority_not_permitted_is_harmless(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_: object) -> None:
+        raise PermissionError("setpriority blocked by the sandbox")
+
+    monkeypatch.setattr(os, "setpriority", refuse)
+    assert _nice_this_thread() == 0

@@ -13,6 +13,7 @@ A worker that dies (out of memory, killed) costs one page parsed on the loop and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable
@@ -33,7 +34,10 @@ _pool_size = 0
 
 
 def _lower_priority() -> None:
-    os.nice(WORKER_NICE)
+    # A sandbox that forbids setpriority (EPERM) leaves the worker at the service's priority: slower
+    # screens under a sync, but a working sync (an initializer that raises would break the pool).
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
 
 
 def _get_pool(workers: int) -> ProcessPoolExecutor:
