@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """FastAGI screening benchmark: callguard against a bare asyncio floor. Prints figures; not a test.
 
-The server under test runs in its own process (as on a PBX host), with a store of ``--numbers``
+The server under test is ``callguard run``'s service (main process plus ``--workers`` AGI worker
+processes, the default 2; the floor is one process), with a store of ``--numbers``
 cached CRM numbers (default 1,000,000). The client here plays Asterisk, on callbacks to stay light:
 it connects, sends the request recorded from Asterisk 22 (tests/fixtures/traces/s02_clean_answered.agi.txt)
 with a caller drawn from the cache (spam hits, clean hits and misses), reads each ``SET VARIABLE`` line and answers

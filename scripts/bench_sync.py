@@ -2,11 +2,13 @@
 """CRM sync benchmark: a full sync of 1,000,000 contacts from the amoCRM fake, rate limit off, while
 FastAGI screens keep coming. Prints figures; not a test.
 
-Three processes, as on a PBX host: the amoCRM fake (tests/fakes/amocrm.py ``generated=N``, which
-computes each page on the fly and holds no contact list), callguard (this process: store, the sync, and
-the FastAGI server with the screening service on one event loop, as in ``callguard run``), and a client
-that plays Asterisk (``--client``), sending the recorded AGI request at ``--rate`` screens/s with callers
-drawn from the synced numbers. Screen latency is from the request written to the verdict read.
+The processes, as on a PBX host: the amoCRM fake (tests/fakes/amocrm.py ``generated=N``, which
+computes each page on the fly and holds no contact list); callguard as ``callguard run`` arranges it (this
+process: store, the sync and the screen records; its page parser process; ``--workers`` AGI worker
+processes that answer the screens, 0 = on this event loop); and a client that plays Asterisk
+(``--client``), sending the recorded AGI request at ``--rate`` screens/s with callers drawn from the
+synced numbers. Screen latency is from the request written to the verdict read. Memory is given for this
+process alone and for all of callguard's processes (summed RSS, PSS, private).
 
     .venv/bin/python scripts/bench_sync.py                      # 1,000,000 contacts, 200 screens/s
     .venv/bin/python scripts/bench_sync.py --contacts 100000
@@ -51,6 +53,21 @@ def rss_mb(pid: int | str = "self") -> float:
     except OSError:  # a helper process that just exited
         pass
     return 0.0
+
+
+def memory_mb(pid: int | str = "self") -> tuple[float, float]:
+    """(PSS, private) of a process: its resident pages with shared ones split among their sharers, and
+    the ones only it holds. Summed over processes, unlike RSS, they count shared pages once."""
+    fields = {}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if rest.strip().endswith("kB"):
+                    fields[key] = int(rest.split()[0]) / 1024
+    except OSError:
+        return 0.0, 0.0
+    return fields.get("Pss", 0.0), fields.get("Private_Clean", 0.0) + fields.get("Private_Dirty", 0.0)
 
 
 def _parser_pids(offload: Any) -> list[int]:
@@ -154,6 +171,7 @@ async def run(args: argparse.Namespace) -> None:
         sys.executable, __file__, "--client", str(agi.port), "--rate", str(args.rate),
         "--contacts", str(args.contacts), stdout=asyncio.subprocess.PIPE)
     peak = peak_all = rss_before
+    peak_pss = peak_private = 0.0
     me = os.getpid()
     try:
         screeners = [w.pid for w in agi.workers if w.pid] if isinstance(agi, AgiPool) else []
@@ -166,6 +184,9 @@ async def run(args: argparse.Namespace) -> None:
             peak = max(peak, rss_mb())
             helpers = [*screeners, *_parser_pids(offload)]
             peak_all = max(peak_all, rss_mb() + sum(rss_mb(pid) for pid in helpers))
+            mems = [memory_mb(), *(memory_mb(pid) for pid in helpers)]
+            peak_pss = max(peak_pss, sum(m[0] for m in mems))
+            peak_private = max(peak_private, sum(m[1] for m in mems))
         report = task.result()
         wall = time.perf_counter() - t0
         cpu = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
@@ -192,8 +213,9 @@ async def run(args: argparse.Namespace) -> None:
     print(f"  contacts/s       {report.contacts / wall:,.0f}")
     print(f"  RSS              before {rss_before:.0f} MB, peak sampled {peak:.0f} MB, ru_maxrss {maxrss:.0f} MB "
           f"(target ≤ 150 MB)")
-    print(f"                   all callguard processes (main + AGI workers + page parser): peak sampled "
-          f"{peak_all:.0f} MB")
+    print(f"                   all callguard processes (main + AGI workers + page parser), peak sampled: "
+          f"RSS summed {peak_all:.0f} MB (a shared page counts in every process mapping it), PSS {peak_pss:.0f} MB, "
+          f"private {peak_private:.0f} MB")
     print(f"  CPU during sync  callguard {cpu['callguard']:.1f} s (event loop thread {cpu['loop']:.1f} s) "
           f"+ page parser worker {cpu['workers']:.1f} s + {len(screeners)} AGI workers {cpu['screeners']:.1f} s, "
           f"CRM fake {cpu['fake']:.1f} s, Asterisk client {cpu['client']:.1f} s; "
