@@ -34,7 +34,7 @@ import callguard
 from callguard import log as logsetup
 from callguard import metrics
 from callguard.agi import BACKLOG
-from callguard.agi_worker import Ready, Stats, decode
+from callguard.agi_worker import LinkEnd, Ready, Stats, decode
 from callguard.config import Config
 from callguard.errors import CallguardError
 from callguard.screen_service import ScreenService
@@ -77,18 +77,14 @@ class Worker:
         return self.proc.pid if self.proc is not None else None
 
 
-class WorkerLink(asyncio.Protocol):
+class WorkerLink(LinkEnd):
     """The main process's end of one worker's link: lines in, messages dispatched."""
 
     def __init__(self, pool: AgiPool, worker: Worker) -> None:
+        super().__init__()
         self.pool = pool
         self.worker = worker
-        self.closed = asyncio.get_running_loop().create_future()
-        self.transport: asyncio.BaseTransport | None = None
         self._buf = bytearray()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -101,17 +97,6 @@ class WorkerLink(asyncio.Protocol):
         if len(buf) > MAX_LINE:
             self.pool.on_bad_message(self.worker, ValueError(f"line over {MAX_LINE} bytes"))
             buf.clear()
-
-    def eof_received(self) -> bool:
-        self._closed()
-        return False
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._closed()
-
-    def _closed(self) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 class AgiPool:
