@@ -78,6 +78,13 @@ def normalise(raw: str | None, region: str = "RU", max_extension_digits: int = 5
         return Phone(Kind.UNKNOWN, "")
     if not isinstance(raw, str):
         raw = str(raw)
+    # What nearly every Russian trunk sends, "+7XXXXXXXXXX" / "8XXXXXXXXXX", in ~1 µs instead of ~15 (one
+    # per screen): the same answer as the full path below (tests/test_phone.py checks they agree).
+    digits = raw[1:] if raw[:1] == "+" else raw
+    if region == "RU" and len(digits) == 11 and digits.isascii() and digits.isdigit():
+        fast = _fast_ru(raw, digits)
+        if fast is not None:
+            return Phone(Kind.NUMBER, raw, e164=fast, digits=digits)
     return _normalise(raw, region, max_extension_digits)
 
 

@@ -145,3 +145,13 @@ def test_fast_path_agrees_with_phonenumbers(nsn: str, shape: str) -> None:
 @given(st.from_regex(r"(\+7|8|7|\+)[0-9]{0,3}[ ()-]{0,2}[0-9]{3}[ .-]?[0-9]{2}[ -]?[0-9]{2}", fullmatch=True))
 def test_to_e164_fast_path_agrees_with_full_normalisation(raw: str) -> None:
     assert to_e164(raw, "RU") == normalise(raw, "RU", max_extension_digits=0).e164
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.from_regex(r"\+?[0-9\u0660-\u0669\u00b2]{9,13}", fullmatch=True))
+def test_plain_digit_fast_path_agrees_with_the_full_path(raw: str) -> None:
+    """``normalise``'s shortcut for bare "+7…"/"8…" caller IDs (Arabic-Indic and superscript digits
+    included: str.isdigit takes them, the full path does not) gives what the cached full path gives."""
+    from callguard.phone import _normalise
+
+    assert normalise(raw, "RU") == _normalise.__wrapped__(raw, "RU", 5)
