@@ -145,11 +145,13 @@ class AgiPool:
         for w in self.workers:
             if w.supervisor is not None:
                 w.supervisor.cancel()
+        # Supervisors first: none may start a worker after the SIGTERMs (one cut short in the middle of
+        # a restart leaves its new process in ``w.proc``, which is then signalled with the others).
+        await asyncio.gather(*(w.supervisor for w in self.workers if w.supervisor), return_exceptions=True)
         running = [w for w in self.workers if _alive(w)]
         for w in running:
             with contextlib.suppress(ProcessLookupError):
                 w.proc.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
-        await asyncio.gather(*(w.supervisor for w in self.workers if w.supervisor), return_exceptions=True)
         await asyncio.gather(*(self._reap(w) for w in running))
         if self._sock is not None:
             self._sock.close()
