@@ -24,6 +24,7 @@ from callguard.config import Config
 from callguard.errors import CallguardError
 from callguard.screening import parse_schedule
 from callguard.store.screens import ScreenRecord
+from callguard.web import _agi_state
 from tests.fakes.asterisk_agi import header_with, load, session
 
 
@@ -68,6 +69,7 @@ async def test_workers_answer_and_records_reach_the_main_process(
     rt, pool, seen = running
     pids = {w.pid for w in pool.workers}
     assert pool.listening and len(pids) == 2 and os.getpid() not in pids
+    assert _agi_state(pool) == {"state": "ok", "port": pool.port}  # what /readyz shows
     assert await session(pool.port, load("s01_spam_blocked").header) == ["SET VARIABLE CALLGUARD_VERDICT spam"]
     clean = load("s02_clean_answered")
     for n in range(20):  # enough connections that both workers take some (the kernel picks)
@@ -150,6 +152,7 @@ async def test_in_flight_screen_finishes_during_stop(cfg: Config) -> None:
     await asyncio.wait_for(stopping, 10)
     assert [r.verdict for r in seen] == ["clean"]
     assert [w.proc.returncode for w in pool.workers if w.proc] == [0]
+    assert _agi_state(pool)["state"] == "down" and pool.active == 0
 
 
 async def test_a_worker_that_cannot_start_fails_the_service_start(
