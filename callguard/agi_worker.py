@@ -23,7 +23,7 @@ import signal
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import structlog
@@ -32,6 +32,9 @@ from callguard import metrics
 from callguard.config import Config
 from callguard.screening import Verdict
 from callguard.store.screens import ScreenRecord
+
+if TYPE_CHECKING:
+    from callguard.agi import AgiServer
 
 log = structlog.get_logger("callguard.agi_worker")
 
@@ -210,7 +213,7 @@ async def serve(cfg: Config, listen_fd: int, link_fd: int) -> int:
     return 0
 
 
-async def _report(link: LinkToMain, server: Any) -> None:
+async def _report(link: LinkToMain, server: AgiServer) -> None:
     last: Stats | None = None
     while True:
         await asyncio.sleep(STATS_INTERVAL)
