@@ -282,10 +282,13 @@ def _alive(w: Worker) -> bool:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    """The listening socket the workers share, bound as asyncio's create_server binds (SO_REUSEADDR)."""
-    family, kind, proto, _, addr = socket.getaddrinfo(
-        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
+    """The listening socket the workers share (SO_REUSEADDR, as asyncio's create_server binds).
+
+    One address: an IPv4 one when the name has any. asyncio would bind every address of a name, and
+    "localhost" resolves to ::1 first on some hosts; binding only that would refuse the shipped dialplan's
+    agi://127.0.0.1 and leave every call unscreened (fail-open, silently)."""
+    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, addr = next((a for a in found if a[0] == socket.AF_INET), found[0])
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import os
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -164,6 +165,23 @@ async def test_a_worker_that_cannot_start_fails_the_service_start(
         await service.start()
     assert issubclass(WorkerStartError, CallguardError)
     assert service.started == []  # what did start was stopped again
+
+
+def test_listen_prefers_ipv4_when_a_name_has_both(monkeypatch: pytest.MonkeyPatch) -> None:
+    """"localhost" resolving to ::1 first must still take the dialplan's agi://127.0.0.1."""
+    real = socket.getaddrinfo
+
+    def v6_first(host: str | None, port: int, **kw: object) -> list[tuple[object, ...]]:
+        v4 = real("127.0.0.1", port, **kw)  # type: ignore[arg-type]
+        v6 = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", port, 0, 0))]
+        return [*v6, *v4]
+
+    monkeypatch.setattr(socket, "getaddrinfo", v6_first)
+    sock = agi_pool._listen("localhost", 0)
+    try:
+        assert sock.family == socket.AF_INET and sock.getsockname()[0] == "127.0.0.1"
+    finally:
+        sock.close()
 
 
 def test_memory_store_screens_in_process(cfg: Config) -> None:
