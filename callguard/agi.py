@@ -308,7 +308,7 @@ class AgiServer:
                 lambda: AgiConnection(self), self.cfg.host, self.cfg.port, reuse_address=True, backlog=BACKLOG,
             )
         self.port = self._server.sockets[0].getsockname()[1]
-        metrics.AGI_ACTIVE.set_function(lambda: len(self._conns))  # read at scrape time, not per call
+        metrics.AGI_ACTIVE.set_function(lambda: self.active)  # read at scrape time, not per call
         if self.sock is None:
             log.info("agi_listening", host=self.cfg.host, port=self.port, deadline_ms=self.cfg.deadline_ms)
         else:  # an AGI worker process; the pool logs agi_listening

@@ -38,8 +38,8 @@ _second: tuple[int, str] = (-1, "")
 
 def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """``timestamp`` in UTC ISO 8601 with microseconds, as structlog's ``TimeStamper(fmt="iso", utc=True)``
-    writes it, for a sixth of its cost (~1 µs, not ~7: one per screen): the date and time of the current
-    second are formatted once per second."""
+    writes it, but with the date and time of the current second formatted once per second: the
+    per-screen log line went from ~27 to ~23 µs."""
     global _second
     now = time.time()
     whole = int(now)
