@@ -13,6 +13,7 @@ from callguard.errors import SchemaTooNewError
 from callguard.store import Store
 from callguard.store.db import WRITER_NICE, _nice_this_thread
 from callguard.store.migrations import LATEST
+from callguard.store.numbers import EMPTY, Contact, Lookup
 
 
 async def test_error_rolls_back(store: Store) -> None:
@@ -102,3 +103,24 @@ def test_writer_priority_not_permitted_is_harmless(monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(os, "setpriority", refuse)
     assert _nice_this_thread() == 0
+
+
+async def test_lookup_takes_the_override_and_the_most_telling_contact(store: Store) -> None:
+    """A phone two CRM contacts share (duplicates): a spam flag on either wins, else the newest row."""
+    phone = "+79123456789"
+    assert await store.numbers.lookup(phone) == EMPTY
+    async with store.db.write() as conn:
+        await store.numbers.write_contacts(conn, [("1", "Old", "Anna", False, [phone])], "amocrm", 100.0)
+        await store.numbers.write_contacts(conn, [("2", "New", "Boris", False, [phone])], "amocrm", 200.0)
+    found = await store.numbers.lookup(phone)
+    assert (found.override, found.contact) == (None, Contact("2", "New", "Boris", False, "amocrm"))
+    async with store.db.write() as conn:
+        await store.numbers.write_contacts(conn, [("1", "Old", "Anna", True, [phone])], "amocrm", 50.0)
+    assert (await store.numbers.lookup(phone)).contact == Contact("1", "Old", "Anna", True, "amocrm")
+    await store.overrides.upsert_many([(phone, "allow", "our supplier")])
+    found = await store.numbers.lookup(phone)
+    assert (found.override, found.override_note, found.contact) == (
+        "allow", "our supplier", Contact("1", "Old", "Anna", True, "amocrm")
+    )
+    await store.overrides.upsert_many([("+79990000000", "block", "")])
+    assert await store.numbers.lookup("+79990000000") == Lookup(override="block")
