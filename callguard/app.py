@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from callguard import log as log_setup
 from callguard.config import Config
 from callguard.crm import offload
 from callguard.screening import Schedule, parse_schedule
@@ -91,10 +92,13 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop when it is installed (it is a dependency; a missing one falls back):
     uvloop roughly halves the per-connection cost of the FastAGI path (scripts/bench_agi.py)."""
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(main)
-    return uvloop.run(main)
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(main)
+        return uvloop.run(main)
+    finally:
+        log_setup.flush()  # the last lines the loop's flush timer did not reach
 
 
 class Service:

@@ -6,12 +6,14 @@ renderer: any key named like a secret is masked by ``_mask_secrets`` as a last l
 
 from __future__ import annotations
 
-import functools
+import asyncio
+import atexit
 import logging
 import sys
+import threading
 import time
 from collections.abc import MutableMapping
-from typing import Any, NamedTuple, TextIO
+from typing import Any, BinaryIO, NamedTuple, TextIO
 
 import orjson
 import structlog
@@ -20,15 +22,30 @@ _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key", "api
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-@functools.lru_cache(maxsize=1024)
+# Keys seen so far, judged once each: a log line costs two set operations on its keys, not a test per key.
+_SAFE_KEYS: set[str] = set()
+_SECRET_KEYS: set[str] = set()
+_MAX_KEYS = 4096  # keys beyond this many (none in callguard's own events) are judged each time
+
+
 def _is_secret_key(key: str) -> bool:
     lowered = key.lower()
     return any(w in lowered for w in _SECRET_WORDS)
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    for key in list(event):
-        if _is_secret_key(key) and event[key]:
+    keys = event.keys()
+    secret = keys & _SECRET_KEYS
+    new = keys - _SAFE_KEYS - secret
+    for key in new:
+        if _is_secret_key(key):
+            secret.add(key)
+            if len(_SECRET_KEYS) < _MAX_KEYS:
+                _SECRET_KEYS.add(key)
+        elif len(_SAFE_KEYS) < _MAX_KEYS:
+            _SAFE_KEYS.add(key)
+    for key in secret:
+        if event[key]:
             event[key] = "***"
     return event
 
@@ -54,6 +71,71 @@ def _dumps(obj: Any, **kw: Any) -> str:
     return orjson.dumps(obj, default=kw.get("default")).decode()
 
 
+def _dumps_bytes(obj: Any, **kw: Any) -> bytes:
+    return orjson.dumps(obj, default=kw.get("default"))
+
+
+# A service process writes its log in one write() per LOG_FLUSH_S, not one per line (with a flush each):
+# at 2,000 screens/s that is 2,000 fewer system calls a second, and as many fewer wake-ups of journald.
+LOG_FLUSH_S = 0.05
+
+
+class LineBuffer:
+    """structlog's logger for a service process (``configure(final=True)``), on rendered JSON bytes.
+
+    Info and debug lines gather in memory and go out together LOG_FLUSH_S later; a warning or an error
+    goes out at once, with everything before it, in order. So does any line logged where no event loop
+    runs (start-up, shut-down, another thread). ``flush()`` runs at exit and when ``run_loop`` ends.
+    """
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self._lines: list[bytes] = []
+        self._lock = threading.Lock()  # a line may come from another thread (aiosqlite's, a parser's)
+        self._due = False  # a flush is scheduled on the loop
+
+    def later(self, message: bytes) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.now(message)
+            return
+        with self._lock:
+            self._lines.append(message)
+            if self._due:
+                return
+            self._due = True
+        loop.call_later(LOG_FLUSH_S, self.flush)
+
+    def now(self, message: bytes) -> None:
+        with self._lock:
+            self._lines.append(message)
+        self.flush()
+
+    def flush(self) -> None:
+        with self._lock:  # held while writing, so lines from two threads keep their order
+            lines, self._lines, self._due = self._lines, [], False
+            if lines:
+                lines.append(b"")
+                self.file.write(b"\n".join(lines))
+                self.file.flush()
+
+    debug = info = msg = later
+    warning = warn = error = err = critical = fatal = exception = failure = now
+
+
+_buffer: LineBuffer | None = None
+
+
+def flush() -> None:
+    """Write out what the service's log holds; ``run_loop`` calls it when the loop ends."""
+    if _buffer is not None:
+        _buffer.flush()
+
+
+atexit.register(flush)
+
+
 class Settings(NamedTuple):
     fmt: str
     level: str
@@ -76,9 +158,10 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     built once on first use instead of on every call; tests and one-shot commands leave it False so
     ``structlog.testing.capture_logs`` and later ``configure`` calls still reach every logger.
     """
-    global _settings
+    global _settings, _buffer
     stream = stream or sys.stdout
     _settings = Settings(fmt, level, stream)
+    flush()  # what an earlier set-up still holds
     use_console = fmt == "console" or (fmt == "auto" and stream.isatty())
     processors: list[Any] = [
         structlog.processors.add_log_level,
@@ -86,14 +169,27 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
         _mask_secrets,
         structlog.processors.format_exc_info if not use_console else structlog.dev.set_exc_info,
     ]
-    renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=stream.isatty())
-        if use_console
-        else structlog.processors.JSONRenderer(serializer=_dumps)
-    )
+    binary: BinaryIO | None = getattr(stream, "buffer", None)
+    logger_factory: Any
+    if use_console:
+        renderer: Any = structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        logger_factory = structlog.WriteLoggerFactory(file=stream)
+    elif final and binary is not None:
+        stream.flush()
+        _buffer = LineBuffer(binary)
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
+        logger_factory = _buffer_factory
+    else:
+        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        logger_factory = structlog.WriteLoggerFactory(file=stream)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=stream),
+        logger_factory=logger_factory,
         cache_logger_on_first_use=final,
     )
+
+
+def _buffer_factory(*_: Any) -> LineBuffer:
+    assert _buffer is not None
+    return _buffer

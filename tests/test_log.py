@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import time
 from datetime import UTC, datetime, timedelta
@@ -35,3 +36,70 @@ def test_json_lines_with_utc_iso_timestamps_and_masked_secrets() -> None:
     assert before - slack <= parsed[0] < parsed[1] < parsed[2] <= after + slack
     assert all(e["crm_token"] == "***" and e["level"] == "info" for e in lines)
     assert log.settings() == log.Settings("json", "info", stream)
+
+
+class _Binary(io.BytesIO):
+    """A stream like sys.stdout: text on top of a binary ``buffer`` that counts its writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.writes += 1
+        return super().write(data)
+
+
+def _service_log() -> tuple[_Binary, structlog.typing.FilteringBoundLogger]:
+    binary = _Binary()
+    stream = io.TextIOWrapper(binary, encoding="utf-8")
+    log.configure("json", "info", stream=stream, final=True)
+    return binary, structlog.get_logger("test")
+
+
+def _decoded(binary: _Binary) -> list[dict[str, object]]:
+    return [orjson.loads(line) for line in binary.getvalue().splitlines()]
+
+
+async def test_service_log_writes_info_lines_together_and_warnings_at_once() -> None:
+    binary, logger = _service_log()
+    try:
+        for n in range(50):
+            logger.info("call_screened", uniqueid=str(n), api_token="abc")
+        assert binary.writes == 0  # held for LOG_FLUSH_S
+        logger.warning("agi_read_timeout", peer="x")  # goes out now, after the lines before it
+        assert binary.writes == 1
+        logger.info("call_screened", uniqueid="50")
+        await asyncio.sleep(log.LOG_FLUSH_S * 3)
+        assert binary.writes == 2
+        lines = _decoded(binary)
+        assert [e.get("uniqueid") for e in lines] == [*map(str, range(50)), None, "50"]
+        assert lines[50]["event"] == "agi_read_timeout" and lines[50]["level"] == "warning"
+        assert all(e["api_token"] == "***" for e in lines if "api_token" in e)
+    finally:
+        log.configure("json", "info", stream=io.StringIO())
+
+
+def test_service_log_without_a_running_loop_writes_at_once() -> None:
+    binary, logger = _service_log()
+    try:
+        logger.info("service_stopped")
+        assert _decoded(binary)[0]["event"] == "service_stopped"
+    finally:
+        log.configure("json", "info", stream=io.StringIO())
+
+
+def test_run_loop_writes_out_what_is_held_when_the_loop_ends() -> None:
+    from callguard.app import run_loop
+
+    binary, logger = _service_log()
+
+    async def main() -> int:
+        logger.info("last_words")
+        return 7
+
+    try:
+        assert run_loop(main()) == 7
+        assert [e["event"] for e in _decoded(binary)] == ["last_words"]
+    finally:
+        log.configure("json", "info", stream=io.StringIO())
