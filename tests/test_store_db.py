@@ -11,7 +11,7 @@ import pytest
 
 from callguard.errors import SchemaTooNewError
 from callguard.store import Store
-from callguard.store.db import WRITER_NICE, _nice_this_thread
+from callguard.store.db import HOT_SNAPSHOT_S, WRITER_NICE, _nice_this_thread
 from callguard.store.migrations import LATEST
 from callguard.store.numbers import EMPTY, Contact, Lookup
 
@@ -124,3 +124,21 @@ async def test_lookup_takes_the_override_and_the_most_telling_contact(store: Sto
     )
     await store.overrides.upsert_many([("+79990000000", "block", "")])
     assert await store.numbers.lookup("+79990000000") == Lookup(override="block")
+
+
+async def test_screening_reads_see_another_process_write_within_the_snapshot_time(tmp_path: Path) -> None:
+    """An AGI worker's store shares a read transaction across its lookups for HOT_SNAPSHOT_S at most:
+    it sees the main process's writes that much later at most, and holds no transaction when idle
+    (an open one would hold WAL checkpoints back)."""
+    main, worker = await Store.open(tmp_path / "c.sqlite3"), await Store.open(tmp_path / "c.sqlite3")
+    try:
+        assert await worker.numbers.lookup("+79123456789") == EMPTY
+        assert worker.db.hot.in_transaction
+        await main.overrides.upsert_many([("+79123456789", "block", "")])
+        await asyncio.sleep(HOT_SNAPSHOT_S * 2)
+        assert not worker.db.hot.in_transaction
+        assert (await worker.numbers.lookup("+79123456789")).override == "block"
+        assert (await main.numbers.lookup("+79123456789")).override == "block"
+    finally:
+        await main.close()
+        await worker.close()
