@@ -98,10 +98,10 @@ class FastAgiApplication(fast_agi.Application):  # type: ignore[misc]
 class AgiConnection(asyncio.Protocol):
     """One FastAGI TCP connection: header phase, then a route task fed reply lines."""
 
-    def __init__(self, server: AgiServer) -> None:
+    def __init__(self, server: AgiServer, loop: asyncio.AbstractEventLoop) -> None:
         self.server = server
         self.cfg = server.cfg
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop  # given: asyncio.get_running_loop() costs a getpid() call on Python 3.11
         self.started = time.perf_counter()
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
@@ -302,10 +302,10 @@ class AgiServer:
             self.app.add_route(path, endpoint)
         loop = asyncio.get_running_loop()
         if self.sock is not None:
-            self._server = await loop.create_server(lambda: AgiConnection(self), sock=self.sock, backlog=BACKLOG)
+            self._server = await loop.create_server(lambda: AgiConnection(self, loop), sock=self.sock, backlog=BACKLOG)
         else:
             self._server = await loop.create_server(
-                lambda: AgiConnection(self), self.cfg.host, self.cfg.port, reuse_address=True, backlog=BACKLOG,
+                lambda: AgiConnection(self, loop), self.cfg.host, self.cfg.port, reuse_address=True, backlog=BACKLOG,
             )
         self.port = self._server.sockets[0].getsockname()[1]
         metrics.AGI_ACTIVE.set_function(lambda: self.active)  # read at scrape time, not per call

@@ -95,6 +95,10 @@ class LineBuffer:
         self._due = False  # a flush is scheduled on the loop
 
     def later(self, message: bytes) -> None:
+        with self._lock:
+            if self._due:  # a loop will flush it (the line may come from another thread)
+                self._lines.append(message)
+                return
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

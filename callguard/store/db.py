@@ -18,6 +18,7 @@ import itertools
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -94,23 +95,23 @@ class Database:
         self._writer = writer
         self.path = path
         self._lock = asyncio.Lock()
-        self._snapshot_until = 0.0  # loop time the hot connection's shared read transaction ends by
+        self._snapshot_until = 0.0  # time.monotonic() the hot connection's shared read transaction ends by
 
     def hot_reader(self) -> sqlite3.Connection:
         """``hot`` inside a read transaction begun at most HOT_SNAPSHOT_S ago (see there); outside an
         event loop, ``hot`` as it is, one transaction per statement."""
         hot = self.hot
+        now = time.monotonic()
+        if now < self._snapshot_until and hot.in_transaction:
+            return hot
+        self.end_snapshot()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.end_snapshot()
             return hot
-        now = loop.time()
-        if now >= self._snapshot_until or not hot.in_transaction:
-            self.end_snapshot()
-            hot.execute("BEGIN")  # deferred: the snapshot is taken by the first read
-            self._snapshot_until = now + HOT_SNAPSHOT_S
-            loop.call_at(self._snapshot_until, self._expire_snapshot, self._snapshot_until)
+        hot.execute("BEGIN")  # deferred: the snapshot is taken by the first read
+        self._snapshot_until = until = now + HOT_SNAPSHOT_S
+        loop.call_later(HOT_SNAPSHOT_S, self._expire_snapshot, until)
         return hot
 
     def end_snapshot(self) -> None:
