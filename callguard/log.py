@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import logging
 import select
 import sys
@@ -23,30 +24,15 @@ _SECRET_WORDS = ("secret", "token", "password", "authorization", "api_key", "api
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-# Keys seen so far, judged once each: a log line costs two set operations on its keys, not a test per key.
-_SAFE_KEYS: set[str] = set()
-_SECRET_KEYS: set[str] = set()
-_MAX_KEYS = 4096  # keys beyond this many (none in callguard's own events) are judged each time
-
-
+@functools.lru_cache(maxsize=1024)
 def _is_secret_key(key: str) -> bool:
     lowered = key.lower()
     return any(w in lowered for w in _SECRET_WORDS)
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    keys = event.keys()
-    secret = keys & _SECRET_KEYS
-    new = keys - _SAFE_KEYS - secret
-    for key in new:
-        if _is_secret_key(key):
-            secret.add(key)
-            if len(_SECRET_KEYS) < _MAX_KEYS:
-                _SECRET_KEYS.add(key)
-        elif len(_SAFE_KEYS) < _MAX_KEYS:
-            _SAFE_KEYS.add(key)
-    for key in secret:
-        if event[key]:
+    for key in list(event):
+        if _is_secret_key(key) and event[key]:
             event[key] = "***"
     return event
 
@@ -67,13 +53,13 @@ def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
     return event
 
 
-def _dumps(obj: Any, **kw: Any) -> str:
-    # orjson: several times faster than json.dumps on the per-screen log line; UTF-8 kept as is.
-    return orjson.dumps(obj, default=kw.get("default")).decode()
-
-
 def _dumps_bytes(obj: Any, **kw: Any) -> bytes:
+    # orjson: several times faster than json.dumps on the per-screen log line; UTF-8 kept as is.
     return orjson.dumps(obj, default=kw.get("default"))
+
+
+def _dumps(obj: Any, **kw: Any) -> str:
+    return _dumps_bytes(obj, **kw).decode()
 
 
 # A service process writes its log in one write() per LOG_FLUSH_S, not one per line (with a flush each):
@@ -100,20 +86,14 @@ class LineBuffer:
 
     def later(self, message: bytes) -> None:
         with self._lock:
-            if self._due:  # a loop will flush it (the line may come from another thread)
-                self._lines.append(message)
-                return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.now(message)
-            return
-        with self._lock:
             self._lines.append(message)
-            if self._due:
+            if self._due:  # a flush is coming for it (the line may come from another thread)
                 return
             self._due = True
-        loop.call_later(LOG_FLUSH_S, self.flush)
+        try:
+            asyncio.get_running_loop().call_later(LOG_FLUSH_S, self.flush)
+        except RuntimeError:  # no loop on this thread: write it now
+            self.flush()
 
     def now(self, message: bytes) -> None:
         with self._lock:

@@ -334,18 +334,22 @@ def host_ticks() -> tuple[int, int]:
     return (fields[7] if len(fields) > 7 else 0, sum(fields))
 
 
+def cpu_s(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of a process (or one of its threads) so far, from /proc."""
+    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def server_cpu(pid: int) -> float:
     """Seconds of CPU the server process and its children (the AGI workers) have used; 0 where /proc
     cannot tell."""
-    total = 0.0
     try:
         children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        for one in (str(pid), *children):
-            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return sum(cpu_s(int(one)) for one in (pid, *children))
     except (OSError, ValueError, IndexError):
         return 0.0
-    return total
 
 
 async def measure(

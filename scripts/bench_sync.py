@@ -35,13 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
-
-def cpu_s(pid: int, tid: int | None = None) -> float:
-    """User + system CPU seconds of a process (or one of its threads) so far, from /proc."""
-    path = f"/proc/{pid}/task/{tid}/stat" if tid else f"/proc/{pid}/stat"
-    with open(path) as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+from bench_agi import cpu_s  # noqa: E402
 
 
 def rss_mb(pid: int | str = "self") -> float:

@@ -13,7 +13,7 @@ import structlog
 from callguard import log
 
 
-def _lines(stream: io.StringIO) -> list[dict[str, object]]:
+def _lines(stream: io.StringIO | io.BytesIO) -> list[dict[str, object]]:
     return [orjson.loads(line) for line in stream.getvalue().splitlines()]
 
 
@@ -61,10 +61,6 @@ def _service_log() -> tuple[_Binary, structlog.typing.FilteringBoundLogger]:
     return binary, structlog.get_logger("test")
 
 
-def _decoded(binary: _Binary) -> list[dict[str, object]]:
-    return [orjson.loads(line) for line in binary.getvalue().splitlines()]
-
-
 async def test_service_log_writes_info_lines_together_and_warnings_at_once() -> None:
     binary, logger = _service_log()
     try:
@@ -80,7 +76,7 @@ async def test_service_log_writes_info_lines_together_and_warnings_at_once() -> 
         logger.info("call_screened", uniqueid="50")
         await asyncio.sleep(log.LOG_FLUSH_S * 3)
         assert binary.writes == held + 1
-        lines = _decoded(binary)
+        lines = _lines(binary)
         assert [e.get("uniqueid") for e in lines] == [*map(str, range(50)), None, "50"]
         assert lines[50]["event"] == "agi_read_timeout" and lines[50]["level"] == "warning"
         assert all(e["api_token"] == "***" for e in lines if "api_token" in e)
@@ -92,7 +88,7 @@ def test_service_log_without_a_running_loop_writes_at_once() -> None:
     binary, logger = _service_log()
     try:
         logger.info("service_stopped")
-        assert _decoded(binary)[0]["event"] == "service_stopped"
+        assert _lines(binary)[0]["event"] == "service_stopped"
     finally:
         log.configure("json", "info", stream=io.StringIO())
 
@@ -108,6 +104,6 @@ def test_run_loop_writes_out_what_is_held_when_the_loop_ends() -> None:
 
     try:
         assert run_loop(main()) == 7
-        assert [e["event"] for e in _decoded(binary)] == ["last_words"]
+        assert [e["event"] for e in _lines(binary)] == ["last_words"]
     finally:
         log.configure("json", "info", stream=io.StringIO())
