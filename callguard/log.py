@@ -132,8 +132,6 @@ def flush() -> None:
         _buffer.flush()
 
 
-atexit.register(flush)
-
 
 class Settings(NamedTuple):
     fmt: str
@@ -176,6 +174,8 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     elif final and binary is not None:
         stream.flush()
         _buffer = LineBuffer(binary)
+        atexit.unregister(flush)  # registered once, here: importing this module does nothing
+        atexit.register(flush)
         renderer = structlog.processors.JSONRenderer(serializer=_dumps_bytes)
         logger_factory = _buffer_factory
     else:
