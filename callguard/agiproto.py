@@ -10,7 +10,7 @@ caller leaves mid-script (s10), after which commands still get ``200 result=1``.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -23,9 +23,14 @@ _HEADER = re.compile(r"^(agi_[A-Za-z0-9_]+):(?: (.*)|)$")
 # AGI variable names as the dialplan knows them: letters, digits, underscore (a leading _ or __ inherits).
 _VARNAME = re.compile(r"^_{0,2}[A-Za-z][A-Za-z0-9_]*$")
 _BARE = re.compile(r"[A-Za-z0-9_+.@-]+")
-MAX_VALUE_LENGTH = 256
-# x4 in the worst case (a backslash escaped for ARRAY, then for AGI), three values: under 2048 bytes
-MAX_ARRAY_VALUE = 100
+# res_agi.c reads a command with fgets() into a buffer of AGI_BUF_LEN (2048) bytes: at most 2,047 bytes
+# including the newline. Anything past that is read as the NEXT command ("A"*2011 + "HANGUP" hangs up),
+# so every line callguard writes is cut to fit, on every path.
+AGI_MAX_LINE = 2047
+MAX_LINE_BODY = AGI_MAX_LINE - 1  # without the "\n" the connection adds
+MAX_NAME_LENGTH = 80
+MAX_VALUE_LENGTH = 256  # characters a single value keeps (a contact's name is never longer in practice)
+MAX_ARRAY_VALUE = 100  # characters each ARRAY() value keeps
 _NO_NUMBER = frozenset({"", "unknown", "s"})
 
 
@@ -112,7 +117,8 @@ def _parse_lines(text: str) -> dict[str, str]:
 
 
 def _clean(value: str, limit: int) -> str:
-    """One line of printable text, at most ``limit`` characters."""
+    """One line of printable text, at most ``limit`` characters: control characters (newlines, ESC,
+    bidi overrides, lone surrogates) become blanks, so a value can never end the command line."""
     if value.isprintable():
         return value[:limit]
     return "".join(ch if ch.isprintable() else " " for ch in value)[:limit]
@@ -123,22 +129,42 @@ def _agi_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _fit(text: str, budget: int, render: Callable[[str], str]) -> str:
+    """``render`` of the longest prefix of ``text`` whose rendering is at most ``budget`` UTF-8 bytes.
+    Cutting before rendering keeps every escape whole (a cut after it could leave a lone backslash)."""
+    out = render(text)
+    if len(out) * 4 <= budget or len(out.encode()) <= budget:  # the usual case: nothing to cut
+        return out
+    lo, hi = 0, len(text)
+    while lo < hi:  # rendering is monotonic in the prefix length
+        mid = (lo + hi + 1) // 2
+        if len(render(text[:mid]).encode()) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return render(text[:lo])
+
+
 def quote(value: str) -> str:
     """An argument for an AGI command: one line, quoted, backslashes and quotes escaped."""
     return _agi_quote(_clean(value, MAX_VALUE_LENGTH))
 
 
 def _check_name(name: str) -> None:
-    if not _VARNAME.match(name):
-        raise ValueError(f"not a dialplan variable name: {name!r}")
+    if len(name) > MAX_NAME_LENGTH or not _VARNAME.match(name):
+        raise ValueError(f"not a dialplan variable name: {name[:MAX_NAME_LENGTH]!r}")
+
+
+def _bare_or_quoted(text: str) -> str:
+    # A bare token keeps the wire format identical to what the lab recorded for simple values.
+    return text if text and _BARE.fullmatch(text) else _agi_quote(text)
 
 
 def set_variable(name: str, value: str) -> str:
+    """``SET VARIABLE name value``: one line of at most ``MAX_LINE_BODY`` bytes, whatever ``value`` is."""
     _check_name(name)
-    # A bare token keeps the wire format identical to what the lab recorded for simple values.
-    if value and _BARE.fullmatch(value):
-        return f"SET VARIABLE {name} {value}"
-    return f"SET VARIABLE {name} {quote(value)}"
+    head = f"SET VARIABLE {name} "
+    return head + _fit(_clean(value, MAX_VALUE_LENGTH), MAX_LINE_BODY - len(head), _bare_or_quoted)
 
 
 # What __ast_app_separate_args (main/app.c) reads as syntax when ARRAY() splits its value: the comma,
@@ -146,21 +172,29 @@ def set_variable(name: str, value: str) -> str:
 _APP_ARG_ESCAPES = str.maketrans({ch: "\\" + ch for ch in '\\,"()[]'})
 
 
+def _array_value(text: str) -> str:
+    # Escaped for ARRAY's split, then for the AGI line; the quotes around the whole are counted apart.
+    return _agi_quote(text.translate(_APP_ARG_ESCAPES))[1:-1]
+
+
 def set_variables(pairs: list[tuple[str, str]]) -> str:
     """Several variables in one command through Asterisk's ARRAY() function (funcs/func_strings.c):
     ``SET VARIABLE ARRAY(A,B) "a,b"``, one round trip instead of one per variable; commands cannot be
     pipelined (res_agi.c reads them through a stdio FILE but waits on the socket with poll()).
 
-    Each value is escaped twice, for ARRAY's comma split and then for the AGI command line, and cut at
-    ``MAX_ARRAY_VALUE`` characters so the line stays inside res_agi's 2048-byte command buffer.
+    Each value is escaped twice, for ARRAY's comma split and then for the AGI command line, cut at
+    ``MAX_ARRAY_VALUE`` characters, and the values share what is left of res_agi's line after the names,
+    so the command is always one line of at most ``MAX_LINE_BODY`` bytes.
     """
     if len(pairs) == 1:
         return set_variable(*pairs[0])
     for name, _ in pairs:
         _check_name(name)
-    names = ",".join(name for name, _ in pairs)
-    values = ",".join(_clean(value, MAX_ARRAY_VALUE).translate(_APP_ARG_ESCAPES) for _, value in pairs)
-    return f"SET VARIABLE ARRAY({names}) {_agi_quote(values)}"
+    head = f"SET VARIABLE ARRAY({','.join(name for name, _ in pairs)}) "
+    # 2 quotes around the whole, the comma ARRAY splits on between values
+    budget = (MAX_LINE_BODY - len(head) - 2 - (len(pairs) - 1)) // len(pairs)
+    values = ",".join(_fit(_clean(value, MAX_ARRAY_VALUE), budget, _array_value) for _, value in pairs)
+    return f'{head}"{values}"'
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callguard.agiproto import (
+    AGI_MAX_LINE,
     MAX_ARRAY_VALUE,
     MAX_VALUE_LENGTH,
     parse_reply,
@@ -18,6 +19,9 @@ from callguard.agiproto import (
     set_variables,
 )
 from callguard.errors import AgiProtocolError
+from callguard.screen_service import commands_for
+from callguard.screening import Decision, Verdict
+from callguard.store.numbers import Contact
 from tests.fakes.asterisk_agi import agi_args, app_args, channel_variables, load
 
 
@@ -173,3 +177,39 @@ def test_ported_parsers_on_known_inputs() -> None:
     assert app_args('"a,b",c') == ["a,b", "c"]
     assert app_args("a\\,b,c") == ["a,b", "c"]
     assert app_args("") == []
+
+
+# --- every line callguard writes fits res_agi's command buffer, on both paths (issue 12) ---------------
+
+# What a CRM field can hold: anything, long runs of plain characters (the old bare path sent them uncut),
+# the characters the dialplan and the two argument parsers treat as syntax, and 4-byte emoji.
+_crm_text = st.one_of(
+    st.text(max_size=3000),
+    st.from_regex(r"[A-Za-z0-9_+.@-]{0,12000}", fullmatch=True),
+    st.text(alphabet='A\\",()[]{}$;&|?: \n\r\x1b\u202e', max_size=6000),
+    st.text(alphabet=st.characters(min_codepoint=0x1F600, max_codepoint=0x1F64F), max_size=3000),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(list(Verdict)), _crm_text, _crm_text, _crm_text)
+def test_every_command_is_one_line_within_res_agi_buffer(verdict: Verdict, cid: str, name: str, owner: str) -> None:
+    decision = Decision(verdict, "test", Contact(cid, name, owner, False, "amocrm"))
+    for array_works in (True, False):
+        commands = commands_for(decision, array_works)
+        for command in commands:
+            wire = (command + "\n").encode()
+            assert wire.count(b"\n") == 1 and b"\r" not in wire
+            assert len(wire) <= AGI_MAX_LINE  # res_agi.c: fgets() into AGI_BUF_LEN (2048) bytes
+        got = channel_variables(commands)
+        # what arrives is the cleaned value, cut to fit: a prefix, never something else
+        assert got["CALLGUARD_VERDICT"] == verdict.value
+        assert _cleaned(name, MAX_VALUE_LENGTH).startswith(got.get("CALLGUARD_CONTACT_NAME", ""))
+
+
+def test_plain_long_value_cannot_smuggle_a_second_command() -> None:
+    # Found live: 2,011 plain characters then "HANGUP" went out bare and uncut; res_agi read HANGUP as
+    # the next command.
+    line = set_variable("CALLGUARD_CONTACT_NAME", "A" * 2011 + "HANGUP")
+    assert len(line.encode()) + 1 <= AGI_MAX_LINE and "HANGUP" not in line
+    assert channel_variables([line]) == {"CALLGUARD_CONTACT_NAME": "A" * MAX_VALUE_LENGTH}

@@ -213,10 +213,27 @@ class Channel:
             self.variables[name] = value
 
 
+AGI_BUF_LEN = 2048  # res_agi.c: each command is read with fgets(buf, AGI_BUF_LEN, ...)
+
+
+def res_agi_reads(wire: bytes) -> list[str]:
+    """The commands res_agi reads from ``wire``: fgets() stops at a newline or after AGI_BUF_LEN - 1
+    bytes, so an over-long line becomes two commands (the rest is read as the next one)."""
+    out: list[str] = []
+    i = 0
+    while i < len(wire):
+        end = wire.find(b"\n", i, i + AGI_BUF_LEN - 1)
+        stop = end + 1 if end >= 0 else min(len(wire), i + AGI_BUF_LEN - 1)
+        out.append(wire[i:stop].rstrip(b"\n").decode("utf-8", errors="replace"))
+        i = stop
+    return out
+
+
 def channel_variables(commands: list[str]) -> dict[str, str]:
-    """The channel variables the ``SET VARIABLE`` commands leave on a channel (see ``Channel``)."""
+    """The channel variables the ``SET VARIABLE`` commands leave on a channel (see ``Channel``), each
+    written as callguard writes it (one line) and read back as res_agi reads it."""
     channel = Channel()
-    for command in commands:
+    for command in res_agi_reads(b"".join(c.encode() + b"\n" for c in commands)):
         argv = agi_args(command)
         assert argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4, f"not a valid SET VARIABLE: {command!r}"
         channel.execute(command)
