@@ -8,6 +8,7 @@ callguard reads depends on.
 
 from __future__ import annotations
 
+import re
 from itertools import repeat
 
 from callguard.errors import AmiProtocolError
@@ -19,6 +20,22 @@ EOM = b"\r\n\r\n"
 # Bigger than any event Asterisk sends (a Cdr or a QueueStatus entry is ~1 KiB); a peer that streams
 # more than this without an end of message is not speaking AMI.
 MAX_FRAME_BYTES = 65536
+
+
+# main/utils.c ast_escape_c: what manager_channels.c applies to CallerIDName / ConnectedLineName and
+# stasis_channels.c to a VarSet's Value before they go out (verified on 22.10.1: a name `a"b` arrives
+# as `a\\"b`). The escapes Asterisk writes, and what they stand for.
+_C_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+              "\\": "\\", "'": "'", '"': '"', "?": "?"}
+_C_ESCAPE = re.compile(r"\\([abfnrtv\\'\"?])")
+
+
+def unescape(value: str) -> str:
+    """A field Asterisk C-escaped (CallerIDName, ConnectedLineName, VarSet Value) → the value itself.
+    A backslash before anything else is kept, as ast_escape_c never writes one there."""
+    if "\\" not in value:
+        return value
+    return _C_ESCAPE.sub(lambda m: _C_ESCAPES[m.group(1)], value)
 
 
 def parse_banner(line: bytes | str) -> str:

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from callguard.amiwire import Frame
+from callguard.amiwire import Frame, unescape
 from callguard.config import Config
 from callguard.leads import MissedCall
 from callguard.phone import normalise
@@ -327,14 +327,14 @@ def _note_caller(call: _Call, frame: Frame) -> None:
     if not call.caller_name:
         name = frame.get("CallerIDName", "")
         if name not in _NO_CALLER:
-            call.caller_name = name[:80]
+            call.caller_name = unescape(name)[:80]
 
 
 # --- event handlers: (call, frame, uniqueid, now) ------------------------------------------------------
 
 
 def _on_varset(call: _Call, frame: Frame, uid: str, now: float) -> None:
-    name, value = frame.get("Variable", ""), frame.get("Value", "")
+    name, value = frame.get("Variable", ""), unescape(frame.get("Value", ""))
     if not value:
         return  # Dial() clears DIALSTATUS before it starts
     if name == "CALLGUARD_VERDICT":

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callguard.amiwire import FrameFeeder, encode_action, parse_banner, parse_frame, parse_stream
+from callguard.amiwire import FrameFeeder, encode_action, parse_banner, parse_frame, parse_stream, unescape
 from callguard.errors import AmiProtocolError
 from tests.fakes.asterisk_ami import EXPECTED, raw
 
@@ -74,3 +74,26 @@ def test_encode_action_refuses_header_injection() -> None:
     assert encode_action({"Action": "Ping", "ActionID": "1"}) == b"Action: Ping\r\nActionID: 1\r\n\r\n"
     with pytest.raises(AmiProtocolError):
         encode_action({"Action": "Login", "Username": "x\r\nAction: Originate"})
+
+
+# --- C escapes (main/utils.c ast_escape_c), applied by Asterisk to names and VarSet values -------------
+
+
+def _ast_escape_c(s: str) -> str:
+    """Asterisk's escaper, ported from main/utils.c for the round trip."""
+    table = {"\a": "a", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t", "\v": "v", "\\": "\\",
+             "'": "'", '"': '"', "?": "?"}
+    return "".join("\\" + table[ch] if ch in table else ch for ch in s)
+
+
+def test_unescape_recorded_shape() -> None:
+    # live, Asterisk 22.10.1: CALLERID(name) = `" != "" & "):System(x)` came as NewCallerid CallerIDName
+    assert unescape('\\" != \\"\\" & \\"):System(x)') == '" != "" & "):System(x)'
+    assert unescape("plain") == "plain"
+    assert unescape("a\\qb") == "a\\qb"  # not an escape Asterisk writes: kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200))
+def test_unescape_inverts_asterisk_escape(value: str) -> None:
+    assert unescape(_ast_escape_c(value)) == value
