@@ -8,6 +8,7 @@ callguard reads depends on.
 
 from __future__ import annotations
 
+import math
 import re
 from itertools import repeat
 
@@ -140,3 +141,26 @@ def encode_action(fields: dict[str, str]) -> bytes:
             raise AmiProtocolError(f"line break in AMI action field {k!r}")
         lines.append(f"{k}: {v}\r\n")
     return ("".join(lines) + "\r\n").encode()
+
+
+def event_time(frame: Frame, arrival: float, ahead: float, behind: float) -> tuple[float, str]:
+    """When the event happened: its ``Timestamp:`` (sent with ``timestampevents=yes`` in manager.conf
+    ``[general]``) if it lies within ``arrival - behind`` … ``arrival + ahead``, else ``arrival``.
+
+    Returns (time, clamp): clamp is ``""`` when the stamp was used or absent, else ``ahead``, ``behind``
+    or ``garbage``: a stamp 24 h ahead must not age out a live call, nor a stall move a call's start.
+    """
+    ts = frame.get("Timestamp")
+    if not ts:
+        return arrival, ""
+    try:
+        stamped = float(ts)
+    except ValueError:
+        return arrival, "garbage"
+    if not math.isfinite(stamped):
+        return arrival, "garbage"
+    if stamped > arrival + ahead:
+        return arrival, "ahead"
+    if stamped < arrival - behind:
+        return arrival, "behind"
+    return stamped, ""

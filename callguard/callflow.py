@@ -21,6 +21,7 @@ from callguard.calls import CallOutcome, CallTracker, Outcome
 from callguard.store import Store
 from callguard.store.calls import CallRow
 from callguard.store.screens import ScreenRecord
+from callguard.throttle import LogThrottle
 
 log = structlog.get_logger("callguard.calls")
 
@@ -35,12 +36,15 @@ class CallFlow:
 
     def __init__(
         self, tracker: CallTracker, store: Store | None, on_lead: Callable[[], None] | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.time, mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tracker = tracker
         self.store = store
         self.on_lead = on_lead
         self.clock = clock
+        self.mono = mono  # what stale expiry runs on (DESIGN.md: never on event timestamps)
+        self._clamps = 0
+        self._clamp_log = LogThrottle(60.0, mono)
         self.outcomes: dict[str, int] = {}
         # Outcomes waiting for the store; an item leaves only after its transaction committed, so a
         # cancelled write (SIGTERM) is redone by stop(): INSERT OR IGNORE makes the redo harmless.
@@ -54,8 +58,19 @@ class CallFlow:
     # --- inputs (synchronous, called on the loop) ---------------------------------------------------
 
     def on_event(self, frame: Frame, now: float) -> None:
-        for outcome in self.tracker.feed(frame, now):
+        for outcome in self.tracker.feed(frame, now, self.mono()):
             self.accept(outcome)
+        if self.tracker.clamps != self._clamps:
+            self._clamped()
+
+    def _clamped(self) -> None:
+        self._clamps = self.tracker.clamps
+        kind, event, stamp = self.tracker.last_clamp
+        metrics.AMI_TIMESTAMPS_CLAMPED.labels(kind=kind).inc()
+        counts = self._clamp_log.note(kind)
+        if counts is not None:  # at most a line a minute, with the counts since the last one
+            log.warning("ami_timestamp_ignored", **counts, last_event=event, last_timestamp=stamp,
+                        ahead_s=self.tracker.ts_ahead, behind_s=self.tracker.ts_behind)
 
     def on_screen(self, record: ScreenRecord) -> None:
         self.tracker.screen(record)
@@ -146,6 +161,6 @@ class CallFlow:
         interval = min(SWEEP_MAX, max(0.05, self.tracker.stale_after / 4))
         while True:
             await asyncio.sleep(interval)
-            for outcome in self.tracker.expire(self.clock()):
+            for outcome in self.tracker.expire(self.mono(), self.clock()):
                 self.accept(outcome)
             metrics.CALLS_ACTIVE.set(len(self.tracker))

@@ -17,13 +17,11 @@ What the recordings (tests/fixtures/traces, Asterisk 22.10.1) show and this modu
 
 from __future__ import annotations
 
-import contextlib
-import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from callguard.amiwire import Frame, unescape
+from callguard.amiwire import Frame, event_time, unescape
 from callguard.config import Config
 from callguard.leads import MissedCall
 from callguard.phone import normalise
@@ -57,7 +55,7 @@ DIAL_REASONS = {
     "CANCEL": "abandoned",
 }
 _NO_CALLER = ("", "<unknown>")
-SWEEP_EVERY = 1.0  # seconds of event time between stale sweeps
+SWEEP_EVERY = 1.0  # seconds (monotonic) between stale sweeps
 DONE_MEMORY = 20_000  # finished Linkedids remembered so late events do not start a phantom call
 BORN_MEMORY = 20_000  # Linkedids born outside the inbound contexts that may Goto one (e.g. from-pstn)
 PENDING_SCREENS = 10_000  # screens whose channel AMI has not shown yet
@@ -94,7 +92,8 @@ class CallOutcome:
 class _Call:
     linkedid: str
     started_at: float
-    last_at: float
+    last_at: float  # event time of its last event
+    seen: float = 0.0  # monotonic arrival of its last event: what expiry reads
     channels: set[str] = field(default_factory=set)
     inbound: set[str] = field(default_factory=set)  # caller-side channels (started in an inbound context)
     uniqueid: str = ""
@@ -127,46 +126,54 @@ class CallTracker:
         self.min_ring = float(cfg.missed.min_ring_seconds)
         self.region = cfg.phone.default_region
         self.ext_digits = cfg.phone.max_extension_digits
+        self.ts_ahead = float(cfg.calls.timestamp_ahead)
+        self.ts_behind = float(cfg.calls.timestamp_behind)
         self._calls: OrderedDict[str, _Call] = OrderedDict()  # least recently active first
         self._chan: dict[str, str] = {}  # uniqueid → linkedid, live channels of tracked calls
         self._done: OrderedDict[str, None] = OrderedDict()
-        self._born: OrderedDict[str, float] = OrderedDict()  # Linkedid → its first Newchannel's time
+        # Linkedid → (event time, monotonic arrival) of its first Newchannel
+        self._born: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._pending: OrderedDict[str, ScreenRecord] = OrderedDict()
         self._last_sweep = 0.0
         self.events = 0
         self.ignored = 0
+        self.clamps = 0  # events whose Timestamp was not used (out of bounds, garbage)
+        self.last_clamp: tuple[str, str, str] = ("", "", "")  # (kind, event name, the Timestamp sent)
 
     def __len__(self) -> int:
         return len(self._calls)
 
     # --- input --------------------------------------------------------------------------------------
 
-    def feed(self, frame: Frame, now: float) -> list[CallOutcome]:
-        """One AMI event (``now`` = when it arrived; ``Timestamp:`` wins when Asterisk sends it)."""
+    def feed(self, frame: Frame, now: float, mono: float | None = None) -> list[CallOutcome]:
+        """One AMI event. ``now`` = when it arrived (epoch s), ``mono`` = the same on the monotonic clock
+        (None: ``now``, as in a replay). Event times come from ``Timestamp:`` within bounds of ``now``
+        (amiwire.event_time); staleness only from ``mono``, so no stamp can age a live call out."""
         self.events += 1
-        ts = frame.get("Timestamp")
-        if ts:
-            with contextlib.suppress(ValueError):
-                stamped = float(ts)
-                if math.isfinite(stamped):
-                    now = stamped
+        arrival = now
+        mono = now if mono is None else mono
+        now, clamp = event_time(frame, arrival, self.ts_ahead, self.ts_behind)
+        if clamp:
+            self.clamps += 1
+            self.last_clamp = (clamp, frame.get("Event", ""), frame.get("Timestamp", "")[:40])
         out: list[CallOutcome] = []
-        if now - self._last_sweep >= SWEEP_EVERY:
-            self._last_sweep = now
-            out.extend(self.expire(now))
+        if mono - self._last_sweep >= SWEEP_EVERY:
+            self._last_sweep = mono
+            out.extend(self.expire(mono, arrival))
         lid = frame.get("Linkedid")
         if not lid:
             self.ignored += 1
             return out
         call = self._calls.get(lid)
         if call is None:
-            call = self._maybe_start(frame, lid, now)
+            call = self._maybe_start(frame, lid, now, mono)
             if call is None:
                 self.ignored += 1
                 return out
         else:
             self._calls.move_to_end(lid)
         call.last_at = now
+        call.seen = mono
         handler = _HANDLERS.get(frame.get("Event", ""))
         uid = frame.get("Uniqueid", "")
         if uid and uid not in call.channels and handler is not _on_hangup:
@@ -198,18 +205,19 @@ class CallTracker:
             call.gap = call.gap or "events_lost"
         self._born.clear()  # they may have reached an inbound context, even been answered, meanwhile
 
-    def expire(self, now: float) -> list[CallOutcome]:
-        """Calls with no event for ``stale_after`` (and the oldest beyond ``max_calls``) end as lost."""
+    def expire(self, mono: float, now: float | None = None) -> list[CallOutcome]:
+        """Calls with no event for ``stale_after`` by the monotonic clock ``mono`` (and the oldest beyond
+        ``max_calls``) end as lost, ended at ``now`` (epoch s; None: their last event's time)."""
         out: list[CallOutcome] = []
-        limit = now - self.stale_after
-        while self._born and next(iter(self._born.values())) <= limit:
+        limit = mono - self.stale_after
+        while self._born and next(iter(self._born.values()))[1] <= limit:
             self._born.popitem(last=False)
         while self._calls:
             call = next(iter(self._calls.values()))
-            if call.last_at > limit and len(self._calls) <= self.max_calls:
+            if call.seen > limit and len(self._calls) <= self.max_calls:
                 break
-            reason = "stale" if call.last_at <= limit else "overflow"
-            out.append(self._finish(call, now, lost=reason))
+            reason = "stale" if call.seen <= limit else "overflow"
+            out.append(self._finish(call, call.last_at if now is None else now, lost=reason))
         return out
 
     def drain(self, now: float, reason: str = "shutdown") -> list[CallOutcome]:
@@ -218,20 +226,20 @@ class CallTracker:
 
     # --- bookkeeping --------------------------------------------------------------------------------
 
-    def _maybe_start(self, frame: Frame, lid: str, now: float) -> _Call | None:
+    def _maybe_start(self, frame: Frame, lid: str, now: float, mono: float) -> _Call | None:
         event = frame.get("Event")
         if lid in self._done:
             return None
         if frame.get("Context") not in self.inbound_contexts:
             if event == "Newchannel" and frame.get("Uniqueid") == lid:
-                self._born[lid] = now  # may reach an inbound context later (Goto): its start is known
+                self._born[lid] = (now, mono)  # may reach an inbound context later (Goto): its start is known
                 if len(self._born) > BORN_MEMORY:
                     self._born.popitem(last=False)
             return None
         if event in ("Hangup", "Cdr"):
             return None
         born = self._born.pop(lid, None)
-        call = _Call(lid, now if born is None else born, now)
+        call = _Call(lid, now if born is None else born[0], now, mono)
         if born is None and not (event == "Newchannel" and frame.get("Uniqueid") == lid):
             # First seen mid-way: the AMI link was down, or callguard (re)started, when it began. Its
             # answer may be among what was missed, so it can never be a lead (a phantom otherwise).

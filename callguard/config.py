@@ -114,6 +114,9 @@ class AmiConfig:
 class CallsConfig:
     stale_after: Duration = Duration(4 * 3600.0)
     max_calls: int = 100_000
+    # An event's Timestamp: is used only within these bounds of its arrival, else the arrival time.
+    timestamp_ahead: Duration = Duration(5.0)
+    timestamp_behind: Duration = Duration(300.0)
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,11 @@ class WebConfig:
     port: int = 8088
     token: str = ""
     max_body_bytes: int = 262_144
+    # Bounds per connection (callguard.web): first request complete within header_timeout, idle between
+    # requests at most keepalive_timeout, at most max_connections open at once.
+    header_timeout: Duration = Duration(10.0)
+    keepalive_timeout: Duration = Duration(15.0)
+    max_connections: int = 256
 
 
 @dataclass(frozen=True)
@@ -357,6 +365,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("must be positive", "agi.deadline_ms")
     if not 0 <= cfg.agi.workers <= MAX_AGI_WORKERS:
         raise ConfigError(f"must be 0 to {MAX_AGI_WORKERS}", "agi.workers")
+    if cfg.web.max_connections < 1 or cfg.web.header_timeout <= 0 or cfg.web.keepalive_timeout <= 0:
+        raise ConfigError("web.max_connections and web.*_timeout must be positive", "web")
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":

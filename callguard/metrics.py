@@ -51,3 +51,13 @@ WEBHOOKS = Counter(
 CRM_REQUESTS = Counter(
     "callguard_crm_requests", "CRM HTTP requests, by CRM and status class", ["crm", "status"], registry=REGISTRY
 )
+WEB_DROPPED = Counter(
+    "callguard_web_connections_dropped",
+    "HTTP connections closed by callguard's bounds, by reason (header_timeout, evicted, refused)",
+    ["reason"], registry=REGISTRY,
+)
+AMI_TIMESTAMPS_CLAMPED = Counter(
+    "callguard_ami_timestamps_clamped",
+    "AMI events whose Timestamp was out of bounds or unreadable (arrival time used), by kind",
+    ["kind"], registry=REGISTRY,
+)

@@ -26,6 +26,7 @@ from callguard import metrics
 from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
 from callguard.errors import ConfigError
+from callguard.webconn import BoundedFactory
 
 log = structlog.get_logger("callguard.web")
 
@@ -245,26 +246,37 @@ class WebServer:
         self.rt = rt
         self.webapp: WebApp | None = None  # built at start: the webhooks need the started parts
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.Server | None = None
+        self._factory: BoundedFactory | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
         cfg = self.rt.cfg.web
         warn_if_exposed(cfg)
         self.webapp = WebApp(self.rt)
-        runner = web.AppRunner(self.webapp.app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        runner = web.AppRunner(self.webapp.app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                               keepalive_timeout=float(cfg.keepalive_timeout))
         await runner.setup()
-        site = web.TCPSite(runner, cfg.host, cfg.port)
+        assert runner.server is not None
+        # Not TCPSite: the bounded factory (callguard.webconn) wraps aiohttp's protocol factory.
+        self._factory = BoundedFactory(runner.server, cfg.max_connections, float(cfg.header_timeout))
         try:
-            await site.start()
+            self._listener = await asyncio.get_running_loop().create_server(self._factory, cfg.host, cfg.port)
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        addresses = runner.addresses
-        self.port = int(addresses[0][1]) if addresses else cfg.port
-        log.info("web_listening", host=cfg.host, port=self.port, auth=bool(cfg.token))
+        sockets = self._listener.sockets
+        self.port = int(sockets[0].getsockname()[1]) if sockets else cfg.port
+        log.info("web_listening", host=cfg.host, port=self.port, auth=bool(cfg.token),
+                 max_connections=cfg.max_connections)
 
     async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+        if self._factory is not None:
+            self._factory.close()
         if self._runner is not None:
-            await self._runner.cleanup()
+            await self._runner.cleanup()  # closes the open connections (shutdown_timeout bounds it)
             self._runner = None

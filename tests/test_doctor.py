@@ -22,6 +22,7 @@ from callguard.cli.doctor import (
     check_agi,
     check_ami,
     check_ami_permissions,
+    check_ami_timestamps,
     check_crm,
     check_store,
     check_web,
@@ -211,7 +212,7 @@ async def test_ami_good_login_and_permissions(cfg: Config, tmp_path: Path) -> No
         results = await check_ami(with_ami(cfg, fake.port), tmp_path)
     finally:
         await fake.stop()
-    assert [(r.status, r.name) for r in results] == [("ok", "ami"), ("ok", "ami read")]
+    assert [(r.status, r.name) for r in results] == [("ok", "ami"), ("ok", "ami read"), ("warn", "ami time")]
     assert fake.logins[0]["Username"] == "callguard" and fake.logins[0]["Secret"] == "secret"
     assert "agent" in results[1].message and "call" in results[1].message
 
@@ -225,6 +226,16 @@ def test_ami_permissions_lacking_or_unreadable(tmp_path: Path) -> None:
     assert r.status == "fail" and "#include manager_callguard.conf" in r.fix
     r = check_ami_permissions("callguard", tmp_path / "nowhere")
     assert r.status == "skip"
+
+
+def test_ami_timestampevents_from_manager_conf(tmp_path: Path) -> None:
+    conf = tmp_path / "manager.conf"
+    conf.write_text("[general]\nenabled = yes\n")
+    r = check_ami_timestamps(tmp_path)
+    assert r.status == "warn" and "timestampevents = yes" in r.fix
+    conf.write_text("[general]\nenabled = yes\ntimestampevents = Yes ; times from Asterisk\n[callguard]\n")
+    assert check_ami_timestamps(tmp_path).status == "ok"
+    assert check_ami_timestamps(tmp_path / "nowhere").status == "skip"
 
 
 async def test_ami_disabled_or_no_secret(cfg: Config, tmp_path: Path) -> None:

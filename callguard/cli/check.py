@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+from typing import Any
 
 from callguard.config import Config
 from callguard.screen_service import ScreenService
 from callguard.screening import parse_schedule
 from callguard.store import Store
+from callguard.textsafe import dumps, visible
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -20,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=handle)
 
 
-async def check(cfg: Config, number: str, did: str) -> dict[str, object]:
+async def check(cfg: Config, number: str, did: str) -> dict[str, Any]:
     store = await Store.open(cfg.store.path, cfg.store.busy_timeout_ms)
     try:
         screener = ScreenService(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
@@ -29,18 +30,24 @@ async def check(cfg: Config, number: str, did: str) -> dict[str, object]:
         await store.close()
 
 
+def render(result: dict[str, Any]) -> str:
+    """The human form. Every field may hold CRM data (a contact name above all): shown through visible()."""
+    v = visible
+    lines = [f"number:     {v(repr(result['input']))} → {v(result['normalised'] or '-')} ({v(result['kind'])})"]
+    if result["did"]:
+        lines.append(f"did:        {v(result['did'])}")
+    lines += [f"verdict:    {v(result['verdict'])}", f"reason:     {v(result['reason'])}"]
+    contact = result["contact"]
+    if isinstance(contact, dict):
+        lines.append(f"contact:    #{v(contact['id'])} {v(contact['name'])} (owner {v(contact['owner'] or '-')}, "
+                     f"{v(contact['source'])}{', flagged spam' if contact['spam'] else ''})")
+    return "\n".join(lines)
+
+
 def handle(args: argparse.Namespace, cfg: Config) -> int:
     result = asyncio.run(check(cfg, args.number, args.did))
     if args.json:
-        print(json.dumps(result, ensure_ascii=False))
+        print(dumps(result))
         return 0
-    print(f"number:     {result['input']!r} → {result['normalised'] or '-'} ({result['kind']})")
-    if result["did"]:
-        print(f"did:        {result['did']}")
-    print(f"verdict:    {result['verdict']}")
-    print(f"reason:     {result['reason']}")
-    contact = result["contact"]
-    if isinstance(contact, dict):
-        print(f"contact:    #{contact['id']} {contact['name']} (owner {contact['owner'] or '-'}, "
-              f"{contact['source']}{', flagged spam' if contact['spam'] else ''})")
+    print(render(result))
     return 0

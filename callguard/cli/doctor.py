@@ -33,7 +33,7 @@ AMI_READ_NEEDED = ("call", "agent", "user")
 
 @dataclass(frozen=True)
 class Result:
-    status: str  # ok | fail | skip
+    status: str  # ok | warn | fail | skip (only fail makes the exit code non-zero)
     name: str
     message: str
     fix: str = ""
@@ -236,7 +236,8 @@ async def check_ami(cfg: Config, asterisk_etc: Path) -> list[Result]:
     if not ami.secret:
         return [Result("fail", "ami", "ami.secret is empty",
                        "set CALLGUARD_AMI_SECRET in /etc/callguard/callguard.env to the secret in manager.conf")]
-    return [await ami_login(cfg), check_ami_permissions(ami.username, asterisk_etc)]
+    return [await ami_login(cfg), check_ami_permissions(ami.username, asterisk_etc),
+            check_ami_timestamps(asterisk_etc)]
 
 
 async def ami_login(cfg: Config) -> Result:
@@ -337,6 +338,22 @@ def check_ami_permissions(username: str, asterisk_etc: Path) -> Result:
         return Result("fail", "ami read", f"[{username}] read = {user.get('read', '')!r} lacks {', '.join(missing)}",
                       f"set read = call,agent,user,dialplan in [{username}], then `manager reload`")
     return Result("ok", "ami read", f"[{username}] may read {', '.join(sorted(granted))}")
+
+
+def check_ami_timestamps(asterisk_etc: Path) -> Result:
+    """``timestampevents`` read from manager.conf ``[general]``. Not observed on the wire: a Ping response
+    carries a Timestamp either way, and the FullyBooted sent after Login never does (manager.c), so only
+    live call events would tell, and doctor cannot make a call."""
+    conf = asterisk_etc / "manager.conf"
+    fix = "in manager.conf [general] set timestampevents = yes, then `asterisk -rx 'manager reload'`"
+    try:
+        value = manager_sections(conf).get("general", {}).get("timestampevents", "no")
+    except OSError as e:
+        return Result("skip", "ami time", f"cannot read {conf} ({e.strerror or e})", fix)
+    if value.lower() in ("yes", "true", "y", "t", "1", "on"):  # Asterisk's ast_true()
+        return Result("ok", "ami time", "timestampevents = yes: call times come from Asterisk")
+    return Result("warn", "ami time", "timestampevents is off: call times are arrival times (a stall shifts them)",
+                  fix)
 
 
 # --- CRM ------------------------------------------------------------------------------------------

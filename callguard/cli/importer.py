@@ -17,6 +17,7 @@ from typing import TextIO
 from callguard.config import Config
 from callguard.phone import normalise
 from callguard.store import Store
+from callguard.textsafe import visible
 
 _ACTIONS = {"spam": "block", "block": "block", "allow": "allow", "whitelist": "allow"}
 
@@ -82,7 +83,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> int:
         print(f"callguard: cannot read {args.file}: {e}", file=sys.stderr)
         return 1
     for line, error in result.errors:
-        print(f"{args.file}:{line}: skipped: {error}", file=sys.stderr)
+        print(visible(f"{args.file}:{line}: skipped: {error}"), file=sys.stderr)
     totals = asyncio.run(_store_rows(cfg, result.rows)) if result.rows else {}
     print(
         f"imported {len(result.rows)} rows, skipped {len(result.errors)}; "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ from callguard.config import Config
 from callguard.errors import EXIT_FAILURE, EXIT_OK
 from callguard.store import Store
 from callguard.store.outbox import OutboxItem
+from callguard.textsafe import dumps, visible
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -50,8 +50,7 @@ async def _run(cfg: Config, args: argparse.Namespace) -> int:
         if args.verb == "list":
             items = await store.outbox.listing(None if args.state == "all" else args.state, args.limit)
             for i in items:
-                print(json.dumps(_as_dict(i), ensure_ascii=False)
-                      if args.json else _line(i))
+                print(dumps(_as_dict(i)) if args.json else visible(_line(i)))  # payloads hold CRM names
             if not items and not args.json:
                 print(f"no {args.state} items" if args.state != "all" else "outbox is empty")
             return EXIT_OK

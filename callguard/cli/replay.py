@@ -18,6 +18,7 @@ from callguard.amiwire import BANNER_PREFIX, FrameFeeder
 from callguard.calls import CallOutcome, CallTracker
 from callguard.config import Config
 from callguard.errors import EXIT_FAILURE, EXIT_OK, AmiProtocolError
+from callguard.textsafe import dumps, visible
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -74,7 +75,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> int:
         print(f"callguard: cannot replay {args.file}: {e}", file=sys.stderr)
         return EXIT_FAILURE
     for o in outcomes:
-        print(json.dumps(as_json(o), ensure_ascii=False) if args.json else as_line(o))
+        print(dumps(as_json(o)) if args.json else visible(as_line(o)))  # caller IDs are the caller's to set
     if bad:
         print(f"callguard: {bad} unparseable AMI frame(s) skipped", file=sys.stderr)
     if not outcomes:

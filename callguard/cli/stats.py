@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from datetime import datetime
@@ -18,6 +17,7 @@ from callguard.config import Config, parse_duration
 from callguard.errors import ConfigError
 from callguard.store import Store
 from callguard.store.stats import GroupBy, Report, Row
+from callguard.textsafe import dumps, visible
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -44,9 +44,9 @@ def handle(args: argparse.Namespace, cfg: Config) -> int:
         raise ConfigError("must be longer than zero", "--since")
     report = asyncio.run(collect(cfg, since, args.by))
     if args.json:
-        print(json.dumps(report.as_dict(), ensure_ascii=False))
+        print(dumps(report.as_dict()))
     else:
-        print(render(report, cfg.hours.timezone))
+        print("\n".join(visible(line) for line in render(report, cfg.hours.timezone).split("\n")))
     return 0
 
 
