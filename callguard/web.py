@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from callguard import metrics
 from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
-from callguard.errors import ConfigError
+from callguard.errors import BindError, ConfigError
 
 log = structlog.get_logger("callguard.web")
 
@@ -256,6 +256,9 @@ class WebServer:
         site = web.TCPSite(runner, cfg.host, cfg.port)
         try:
             await site.start()
+        except OSError as e:  # in use, not permitted, no such address (socket.gaierror too)
+            await runner.cleanup()
+            raise BindError("web", cfg.host, cfg.port, e) from e
         except BaseException:
             await runner.cleanup()
             raise
