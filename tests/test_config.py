@@ -294,3 +294,22 @@ def test_crm_credentials_may_come_from_the_environment(tmp_path: Path) -> None:
     b24 = _write(tmp_path, "[crm]\nkind = 'bitrix24'\n")
     url = "https://p.bitrix24.ru/rest/1/k/"
     assert load_config(b24, env={"CALLGUARD_CRM_WEBHOOK_URL": url}).crm.bitrix24.webhook_url == url
+
+
+def _range_text(f: dataclasses.Field[typing.Any], tp: typing.Any, sep: str) -> str:
+    lo, hi = f.metadata["range"]
+    if tp is Duration:
+        return f"{format_duration(lo)}{sep}{format_duration(hi)}"
+    if tp is float:
+        return f"{lo:g}{sep}{hi:g}"
+    return f"{lo}{sep}{hi}" if sep == " to " else f"{lo:,}{sep}{hi:,}".replace(",", " ")
+
+
+def test_ranges_are_documented_in_config_toml_and_the_admin_guide() -> None:
+    toml_lines = (ROOT / "config.toml").read_text().splitlines()
+    doc = (ROOT / "docs" / "admin.md").read_text()
+    for key, f, tp in RANGED:
+        name = key.rpartition(".")[2]
+        assert any(line.startswith(f"{name} = ") and line.endswith(f"  # {_range_text(f, tp, ' to ')}")
+                   for line in toml_lines), key
+        assert f"| `{key}` | {_range_text(f, tp, ' – ')} |" in doc, key

@@ -34,7 +34,16 @@ _memory_ids = itertools.count()
 
 
 async def _connect(path: str, busy_timeout_ms: int, uri: bool = False) -> aiosqlite.Connection:
-    conn = await aiosqlite.connect(path, uri=uri, isolation_level=None)
+    conn = aiosqlite.connect(path, uri=uri, isolation_level=None)
+    try:
+        await conn
+    except BaseException:
+        # aiosqlite stops its thread without waiting; were the loop closed first, that thread would print
+        # a traceback ("Event loop is closed") under the one line a failed start-up prints.
+        thread = getattr(conn, "_thread", None)
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, 1.0)
+        raise
     conn.daemon = True  # a stuck query must never keep the process alive on exit (aiosqlite>=0.20)
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await conn.execute("PRAGMA foreign_keys = ON")
@@ -141,6 +150,7 @@ class Database:
         else:
             failures.prepare_folder(Path(target))
             failures.check_header(Path(target))
+            failures.probe(target)
         writer = await _connect(target, busy_timeout_ms, uri)
         try:
             if not uri:

@@ -61,6 +61,16 @@ def check_header(path: Path) -> None:
         raise StoreCorruptError(str(path), f"truncated: {size} bytes, its header says {pages * page_size}")
 
 
+def probe(target: str) -> None:
+    """Open the file and read its header once, synchronously (start-up only): a file that cannot be opened
+    fails here, as a plain sqlite3 error, before an aiosqlite thread exists for it."""
+    conn = sqlite3.connect(target)
+    try:
+        conn.execute("PRAGMA user_version").fetchone()
+    finally:
+        conn.close()
+
+
 def classify(path: str, error: sqlite3.Error | OSError) -> StoreError:
     """The typed error for a failure while opening (connect, pragmas, migrations)."""
     if isinstance(error, OSError):
