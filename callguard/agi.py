@@ -30,7 +30,7 @@ from panoramisk import fast_agi
 from callguard import metrics
 from callguard.agiproto import AgiReply, AgiRequest, parse_reply, parse_request
 from callguard.config import AgiConfig
-from callguard.errors import AgiProtocolError
+from callguard.errors import AgiProtocolError, BindError
 
 log = structlog.get_logger("callguard.agi")
 
@@ -304,9 +304,13 @@ class AgiServer:
         if self.sock is not None:
             self._server = await loop.create_server(lambda: AgiConnection(self, loop), sock=self.sock, backlog=BACKLOG)
         else:
-            self._server = await loop.create_server(
-                lambda: AgiConnection(self, loop), self.cfg.host, self.cfg.port, reuse_address=True, backlog=BACKLOG,
-            )
+            try:
+                self._server = await loop.create_server(
+                    lambda: AgiConnection(self, loop), self.cfg.host, self.cfg.port, reuse_address=True,
+                    backlog=BACKLOG,
+                )
+            except OSError as e:  # in use, not permitted, no such address (socket.gaierror too)
+                raise BindError("agi", self.cfg.host, self.cfg.port, e) from e
         self.port = self._server.sockets[0].getsockname()[1]
         metrics.AGI_ACTIVE.set_function(lambda: self.active)  # read at scrape time, not per call
         if self.sock is None:

@@ -36,7 +36,7 @@ from callguard import metrics
 from callguard.agi import BACKLOG
 from callguard.agi_worker import LinkEnd, Ready, Stats, decode
 from callguard.config import Config
-from callguard.errors import CallguardError
+from callguard.errors import BindError, CallguardError
 from callguard.screen_service import ScreenService
 from callguard.store.screens import ScreenRecord
 
@@ -287,13 +287,19 @@ def _listen(host: str, port: int) -> socket.socket:
     One address: an IPv4 one when the name has any. asyncio would bind every address of a name, and
     "localhost" resolves to ::1 first on some hosts; binding only that would refuse the shipped dialplan's
     agi://127.0.0.1 and leave every call unscreened (fail-open, silently)."""
-    found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    try:
+        found = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as e:  # socket.gaierror: a host name that does not resolve
+        raise BindError("agi", host, port, e) from e
     family, kind, proto, _, addr = next((a for a in found if a[0] == socket.AF_INET), found[0])
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(addr)
         sock.listen(BACKLOG)
+    except OSError as e:
+        sock.close()
+        raise BindError("agi", host, port, e) from e
     except BaseException:
         sock.close()
         raise

@@ -18,6 +18,7 @@ import structlog
 from callguard import log as log_setup
 from callguard.config import Config
 from callguard.crm import offload
+from callguard.errors import CallguardError, exit_code
 from callguard.screening import Schedule, parse_schedule
 from callguard.store import Store
 
@@ -101,6 +102,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
         log_setup.flush()  # the last lines the loop's flush timer did not reach
 
 
+def _startup_failed(part: str, error: CallguardError) -> None:
+    log.error("startup_failed", part=part, error=str(error), exit_code=exit_code(error))
+
+
 class Service:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -108,16 +113,27 @@ class Service:
         self.runtime: Runtime | None = None
 
     async def start(self) -> Runtime:
-        store = await Store.open(self.cfg.store.path, self.cfg.store.busy_timeout_ms)
+        """Open the store, then start the parts in order. A failure a restart cannot cure (a typed
+        ``CallguardError``: store, bind) logs one ``startup_failed`` and propagates; the CLI prints it as
+        one line and exits with its code (``errors.exit_code``)."""
+        try:
+            store = await Store.open(self.cfg.store.path, self.cfg.store.busy_timeout_ms)
+        except CallguardError as e:
+            _startup_failed("store", e)
+            raise
         rt = Runtime(self.cfg, store, parse_schedule(self.cfg.hours, self.cfg.phone.default_region))
         self.runtime = rt
+        name = "build"
         try:
             for part in build_parts(rt):
+                name = part.name
                 rt.parts[part.name] = part
                 await part.start()
                 self.started.append(part)
                 log.info("part_started", part=part.name)
-        except BaseException:
+        except BaseException as e:
+            if isinstance(e, CallguardError):
+                _startup_failed(name, e)
             await self.stop()
             raise
         return rt

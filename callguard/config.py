@@ -42,20 +42,59 @@ class Duration(float):
     """Seconds; in the file written as ``"60s"``, ``"4h"``, ``"1d"`` or a bare number."""
 
 
+# --- ranges: every number and duration declares its own, next to its default ----------------------
+
+MAX_AGI_WORKERS = 32
+MAX_ID = 10**12  # CRM ids (users, pipelines, accounts); 0 = not set
+
+
+def num(default: int | float, lo: int | float, hi: int | float) -> Any:
+    """A number field allowed from ``lo`` to ``hi`` inclusive (checked by the loader)."""
+    return field(default=default, metadata={"range": (lo, hi)})
+
+
+def dur(default: str, lo: str, hi: str) -> Any:
+    """A Duration field, bounds written as in the file (``"100ms"``, ``"5m"``, ``"7d"``)."""
+    return field(default=Duration(parse_duration(default)),
+                 metadata={"range": (parse_duration(lo), parse_duration(hi)), "duration": True})
+
+
+def format_duration(seconds: float) -> str:
+    """The shortest of ``250ms``, ``90s``, ``15m``, ``4h``, ``7d`` that says ``seconds`` exactly."""
+    for unit in ("d", "h", "m", "s"):
+        n = seconds / _UNIT_SECONDS[unit]
+        if n >= 1 and n == int(n):
+            return f"{int(n)}{unit}"
+    if seconds == 0:
+        return "0s"
+    ms = seconds * 1000
+    return f"{ms:g}ms" if ms < 1000 else f"{seconds:g}s"
+
+
+def _check_range(f: dataclasses.Field[Any], value: float, raw: Any, key: str) -> None:
+    lo, hi = f.metadata["range"]
+    if lo <= value <= hi:
+        return
+    if f.metadata.get("duration"):
+        raise ConfigError(f"must be {format_duration(lo)} to {format_duration(hi)}, got {raw}", key)
+    raise ConfigError(f"must be {lo:g} to {hi:g}, got {raw!r}" if isinstance(lo, float) else
+                      f"must be {lo} to {hi}, got {raw!r}", key)
+
+
 # --- sections -------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class StoreConfig:
     path: Path = Path("callguard.sqlite3")
-    busy_timeout_ms: int = 5000
+    busy_timeout_ms: int = num(5000, 100, 600_000)
 
 
 @dataclass(frozen=True)
 class PhoneConfig:
     default_region: str = "RU"
     # Numbers with at most this many digits are internal extensions, not callers from outside.
-    max_extension_digits: int = 5
+    max_extension_digits: int = num(5, 0, 10)
 
 
 @dataclass(frozen=True)
@@ -82,64 +121,64 @@ class HoursConfig:
 @dataclass(frozen=True)
 class AgiConfig:
     host: str = "127.0.0.1"
-    port: int = 4573
-    deadline_ms: int = 300
-    read_timeout_ms: int = 2000
-    max_header_bytes: int = 16384
-    max_connections: int = 1000
-    drain_seconds: float = 5.0
+    port: int = num(4573, 0, 65535)  # 0: any free port (tests)
+    deadline_ms: int = num(300, 20, 10_000)
+    read_timeout_ms: int = num(2000, 100, 60_000)
+    max_header_bytes: int = num(16384, 1024, 1 << 20)
+    max_connections: int = num(1000, 1, 65536)
+    drain_seconds: float = num(5.0, 0.0, 20.0)  # below TimeoutStopSec=30s in the systemd unit
     # Screening processes sharing the listening socket (callguard/agi_pool.py); 0 screens on the main
     # process's event loop, beside AMI, sync and web.
-    workers: int = 2
+    workers: int = num(2, 0, MAX_AGI_WORKERS)
 
 
 @dataclass(frozen=True)
 class AmiConfig:
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: int = 5038
+    port: int = num(5038, 1, 65535)
     username: str = "callguard"
     secret: str = ""
     # Where inbound calls start: the shipped context, and the usual trunk context that may Goto it
     # (a channel's Newchannel names the context it started in).
     inbound_contexts: list[str] = field(default_factory=lambda: ["callguard-inbound", "from-trunk"])
-    ping_interval: Duration = Duration(20.0)
-    pong_timeout: Duration = Duration(10.0)
-    reconnect_min: Duration = Duration(1.0)
-    reconnect_max: Duration = Duration(60.0)
-    connect_timeout: Duration = Duration(10.0)
+    ping_interval: Duration = dur("20s", "2s", "5m")
+    pong_timeout: Duration = dur("10s", "1s", "4m")  # and below ping_interval
+    reconnect_min: Duration = dur("1s", "100ms", "1m")
+    reconnect_max: Duration = dur("60s", "1s", "1h")  # and at least reconnect_min
+    connect_timeout: Duration = dur("10s", "1s", "2m")
 
 
 @dataclass(frozen=True)
 class CallsConfig:
-    stale_after: Duration = Duration(4 * 3600.0)
-    max_calls: int = 100_000
+    stale_after: Duration = dur("4h", "1m", "7d")
+    max_calls: int = num(100_000, 100, 10_000_000)
     # An event's Timestamp: is used only within these bounds of its arrival, else the arrival time.
-    timestamp_ahead: Duration = Duration(5.0)
-    timestamp_behind: Duration = Duration(300.0)
+    timestamp_ahead: Duration = dur("5s", "0s", "1m")
+    timestamp_behind: Duration = dur("5m", "0s", "1h")
 
 
 @dataclass(frozen=True)
 class MissedConfig:
-    min_ring_seconds: Duration = Duration(0.0)
-    dedupe_window: Duration = Duration(24 * 3600.0)
+    min_ring_seconds: Duration = dur("0s", "0s", "5m")
+    dedupe_window: Duration = dur("24h", "0s", "30d")
 
 
 @dataclass(frozen=True)
 class WebhookSinkConfig:
     url: str = ""
     secret: str = ""
-    timeout: Duration = Duration(10.0)
+    timeout: Duration = dur("10s", "1s", "2m")
 
 
 @dataclass(frozen=True)
 class OutboxConfig:
     # Where missed-call leads go: "log" (structured log only), "webhook", or "crm" (the [crm] adapter).
     sink: Literal["log", "webhook", "crm"] = "log"
-    max_attempts: int = 12
-    backoff_base: Duration = Duration(5.0)
-    backoff_cap: Duration = Duration(900.0)
-    poll_interval: Duration = Duration(1.0)
+    max_attempts: int = num(12, 1, 1000)
+    backoff_base: Duration = dur("5s", "100ms", "1h")
+    backoff_cap: Duration = dur("15m", "1s", "1d")  # and at least backoff_base
+    poll_interval: Duration = dur("1s", "10ms", "1m")
     webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
 
 
@@ -148,13 +187,13 @@ class AmoCrmConfig:
     base_url: str = ""
     token: str = ""
     spam_field: str = ""
-    rate_rps: float = 7.0
+    rate_rps: float = num(7.0, 0.1, 100.0)
     lead_mode: Literal["unsorted", "lead_task"] = "unsorted"
-    pipeline_id: int = 0
-    responsible_user_id: int = 0
+    pipeline_id: int = num(0, 0, MAX_ID)
+    responsible_user_id: int = num(0, 0, MAX_ID)
     source_name: str = "callguard"
     webhook_secret: str = ""
-    account_id: int = 0
+    account_id: int = num(0, 0, MAX_ID)
     # OAuth refresh (optional): when all four are set, a 401 triggers one token refresh.
     client_id: str = ""
     client_secret: str = ""
@@ -166,10 +205,10 @@ class AmoCrmConfig:
 class Bitrix24Config:
     webhook_url: str = ""
     spam_field: str = ""
-    rate_rps: float = 2.0
-    rate_burst: int = 50
+    rate_rps: float = num(2.0, 0.1, 100.0)
+    rate_burst: int = num(50, 1, 1000)
     source_id: str = "CALL"
-    responsible_user_id: int = 0
+    responsible_user_id: int = num(0, 0, MAX_ID)
     application_token: str = ""
     register_call: bool = False
 
@@ -177,38 +216,38 @@ class Bitrix24Config:
 @dataclass(frozen=True)
 class CrmConfig:
     kind: Literal["none", "amocrm", "bitrix24"] = "none"
-    timeout: Duration = Duration(15.0)
-    max_retries: int = 5
+    timeout: Duration = dur("15s", "1s", "5m")
+    max_retries: int = num(5, 0, 20)
     # First retry back-off; doubles per attempt with full jitter, capped at 30 s (Retry-After wins).
-    retry_base: Duration = Duration(1.0)
+    retry_base: Duration = dur("1s", "10ms", "1m")
     amocrm: AmoCrmConfig = field(default_factory=AmoCrmConfig)
     bitrix24: Bitrix24Config = field(default_factory=Bitrix24Config)
 
 
 @dataclass(frozen=True)
 class SyncConfig:
-    interval: Duration = Duration(60.0)
-    full_every: Duration = Duration(86400.0)
+    interval: Duration = dur("60s", "1s", "1d")
+    full_every: Duration = dur("1d", "1h", "30d")
     # Contacts written per transaction during a sync: small enough that the writer never holds the
     # database long (screens read through WAL and never wait), large enough to be fast.
-    batch: int = 250
+    batch: int = num(250, 1, 10_000)
     # Processes that decode and parse amoCRM contact pages, so the event loop answering calls never
     # does (callguard.crm.offload); 0 parses on the loop, in slices.
-    parse_workers: int = 1
+    parse_workers: int = num(1, 0, 8)
 
 
 @dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: int = 8088
+    port: int = num(8088, 0, 65535)  # 0: any free port (tests)
     token: str = ""
-    max_body_bytes: int = 262_144
+    max_body_bytes: int = num(262_144, 1024, 16 << 20)
     # Bounds per connection (callguard.web): first request complete within header_timeout, idle between
     # requests at most keepalive_timeout, at most max_connections open at once.
-    header_timeout: Duration = Duration(10.0)
-    keepalive_timeout: Duration = Duration(15.0)
-    max_connections: int = 256
+    header_timeout: Duration = dur("10s", "1s", "5m")
+    keepalive_timeout: Duration = dur("15s", "1s", "1h")
+    max_connections: int = num(256, 8, 65536)
 
 
 @dataclass(frozen=True)
@@ -328,10 +367,12 @@ def _build(cls: Any, table: dict[str, Any], prefix: str = "") -> Any:
             key = f"{prefix}.{k}" if prefix else k
             raise ConfigError(f"unknown key (known here: {', '.join(sorted(names))})", key)
     kwargs = {}
-    for name in names:
-        if name in table:
-            key = f"{prefix}.{name}" if prefix else name
-            kwargs[name] = _check_value(table[name], hints[name], key)
+    for f in dataclasses.fields(cls):
+        if f.name in table:
+            key = f"{prefix}.{f.name}" if prefix else f.name
+            kwargs[f.name] = _check_value(table[f.name], hints[f.name], key)
+            if "range" in f.metadata:
+                _check_range(f, kwargs[f.name], table[f.name], key)
     return cls(**kwargs)
 
 
@@ -344,7 +385,39 @@ def _set_path(raw: dict[str, Any], path: tuple[str, ...], value: str) -> None:
     node[path[-1]] = value
 
 
-MAX_AGI_WORKERS = 32
+
+def _validate_pairs(cfg: Config) -> None:
+    """Rules across two keys (each key's own range is checked while loading)."""
+    a, o = cfg.ami, cfg.outbox
+    pairs = [  # key, its value, whether the rule holds, the rule, the other key's value
+        ("ami.reconnect_max", a.reconnect_max, a.reconnect_max >= a.reconnect_min, "at least ami.reconnect_min",
+         a.reconnect_min),
+        ("ami.pong_timeout", a.pong_timeout, a.pong_timeout < a.ping_interval, "below ami.ping_interval",
+         a.ping_interval),
+        ("outbox.backoff_cap", o.backoff_cap, o.backoff_cap >= o.backoff_base, "at least outbox.backoff_base",
+         o.backoff_base),
+    ]
+    for key, got, ok, rule, other in pairs:
+        if not ok:
+            raise ConfigError(f"must be {rule} ({format_duration(other)}), got {format_duration(got)}", key)
+    if cfg.web.enabled and cfg.web.port and cfg.web.port == cfg.agi.port:
+        raise ConfigError(f"is also agi.port ({cfg.agi.port}): one port cannot serve both", "web.port")
+
+
+def _validate_crm(cfg: Config) -> None:
+    """A CRM chosen without what it needs to connect fails here, for every command (exit 78), not at the
+    first sync. Secrets may come from the environment (ENV_SECRETS), already merged."""
+    if cfg.crm.kind == "amocrm":
+        amo = cfg.crm.amocrm
+        if not amo.base_url:
+            raise ConfigError("crm.kind = 'amocrm' needs it (https://<subdomain>.amocrm.ru)", "crm.amocrm.base_url")
+        # Without a token, OAuth may still get one: the refresh keys (the refresh token may be in the store).
+        if not amo.token and not all((amo.client_id, amo.client_secret, amo.redirect_uri)):
+            raise ConfigError("crm.kind = 'amocrm' needs it (or CALLGUARD_CRM_TOKEN, or the OAuth client keys)",
+                              "crm.amocrm.token")
+    elif cfg.crm.kind == "bitrix24" and not cfg.crm.bitrix24.webhook_url:
+        raise ConfigError("crm.kind = 'bitrix24' needs it (or CALLGUARD_CRM_WEBHOOK_URL): "
+                          "https://<portal>/rest/<user>/<secret>/", "crm.bitrix24.webhook_url")
 
 
 def _validate(cfg: Config) -> None:
@@ -358,15 +431,8 @@ def _validate(cfg: Config) -> None:
         ZoneInfo(cfg.hours.timezone)
     except (ZoneInfoNotFoundError, ValueError) as e:
         raise ConfigError(f"unknown time zone {cfg.hours.timezone!r}", "hours.timezone") from e
-    for name, port in (("agi.port", cfg.agi.port), ("ami.port", cfg.ami.port), ("web.port", cfg.web.port)):
-        if not 0 <= port <= 65535:
-            raise ConfigError(f"port out of range: {port}", name)
-    if cfg.agi.deadline_ms <= 0:
-        raise ConfigError("must be positive", "agi.deadline_ms")
-    if not 0 <= cfg.agi.workers <= MAX_AGI_WORKERS:
-        raise ConfigError(f"must be 0 to {MAX_AGI_WORKERS}", "agi.workers")
-    if cfg.web.max_connections < 1 or cfg.web.header_timeout <= 0 or cfg.web.keepalive_timeout <= 0:
-        raise ConfigError("web.max_connections and web.*_timeout must be positive", "web")
+    _validate_pairs(cfg)
+    _validate_crm(cfg)
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
@@ -393,6 +459,8 @@ def load_config(
             raise ConfigError(f"config file not found: {source}") from e
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"{source} is not valid TOML: {e}") from e
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{source} is not UTF-8 text (byte {e.start}): save it as UTF-8") from e
         except OSError as e:
             raise ConfigError(f"cannot read {source}: {e.strerror}") from e
     for var, keypath in ENV_SECRETS.items():

@@ -5,11 +5,18 @@ Exit codes live here too, so the CLI and the systemd unit (``RestartPreventExitS
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
-# sysexits.h EX_CONFIG: the systemd unit must not restart on it, a restart cannot fix a bad file.
-EXIT_CONFIG = 78
+# sysexits.h codes for failures a restart cannot fix; the systemd unit lists them all in
+# ``RestartPreventExitStatus=`` (NO_RESTART below), so the journal shows one clear line, not a restart loop.
+EXIT_DATAERR = 65  # EX_DATAERR: the store file is damaged, not SQLite, or of a newer schema
+EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a listening address (agi, web) is in use or not available
+EXIT_CANTCREAT = 73  # EX_CANTCREAT: the store cannot be opened, created or written (folder, permissions, disk)
+EXIT_CONFIG = 78  # EX_CONFIG: the config file or environment is unusable
+NO_RESTART = (EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_CANTCREAT, EXIT_CONFIG)
 
 
 class CallguardError(Exception):
@@ -25,7 +32,28 @@ class ConfigError(CallguardError):
 
 
 class StoreError(CallguardError):
-    """The SQLite store cannot be used."""
+    """The SQLite store cannot be used (a transient failure, e.g. locked: a restart may help)."""
+
+
+class StoreOpenError(StoreError):
+    """The store file cannot be opened, created or written: its folder, permissions, or a full disk."""
+
+    def __init__(self, path: str, reason: str, fix: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(f"store {path}: {reason}; {fix}")
+
+
+class StoreCorruptError(StoreError):
+    """The store file is not a SQLite database, or a damaged or truncated one."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(
+            f"store {path}: {reason}; restore a backup, or move the file aside to start with an empty store "
+            "(`callguard sync --full` refills the CRM cache)"
+        )
 
 
 class SchemaTooNewError(StoreError):
@@ -36,6 +64,26 @@ class SchemaTooNewError(StoreError):
             f"database schema version {found} is newer than this callguard supports ({supported}); "
             "upgrade callguard or restore a matching backup"
         )
+
+
+class BindError(CallguardError):
+    """A listening socket (``part`` = agi or web) cannot be bound to ``host``:``port``."""
+
+    def __init__(self, part: str, host: str, port: int, error: OSError) -> None:
+        self.part = part
+        self.host = host
+        self.port = port
+        self.errno = error.errno
+        reason = error.strerror or str(error)
+        fix = _BIND_FIXES.get(error.errno or 0, f"check {part}.host and {part}.port")
+        super().__init__(f"{part} cannot listen on {host}:{port}: {reason}; {fix}")
+
+
+_BIND_FIXES = {
+    errno.EADDRINUSE: "another process listens there (`ss -ltnp`): stop it or change the port",
+    errno.EACCES: "ports below 1024 need privileges: use a higher port",
+    errno.EADDRNOTAVAIL: "no interface of this host has that address: fix the host",
+}
 
 
 class AgiProtocolError(CallguardError):
@@ -95,3 +143,21 @@ class SinkError(CallguardError):
 
 class AmiProtocolError(AmiError):
     """An AMI peer sent bytes that are not a valid AMI frame (no ``Key: value`` lines, oversize)."""
+
+
+# The one map from error class to exit code; the most specific class wins (the MRO is walked).
+_EXIT_CODES: dict[type[CallguardError], int] = {
+    ConfigError: EXIT_CONFIG,
+    StoreOpenError: EXIT_CANTCREAT,
+    StoreCorruptError: EXIT_DATAERR,
+    SchemaTooNewError: EXIT_DATAERR,
+    BindError: EXIT_UNAVAILABLE,
+}
+
+
+def exit_code(error: BaseException) -> int:
+    """The process exit code for an error that ends a command: EXIT_FAILURE unless listed above."""
+    for cls in type(error).__mro__:
+        if cls in _EXIT_CODES:
+            return _EXIT_CODES[cls]
+    return EXIT_FAILURE

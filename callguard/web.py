@@ -25,7 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from callguard import metrics
 from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
-from callguard.errors import ConfigError
+from callguard.errors import BindError, ConfigError
 from callguard.webconn import BoundedFactory
 
 log = structlog.get_logger("callguard.web")
@@ -262,6 +262,9 @@ class WebServer:
         self._factory = BoundedFactory(runner.server, cfg.max_connections, float(cfg.header_timeout))
         try:
             self._listener = await asyncio.get_running_loop().create_server(self._factory, cfg.host, cfg.port)
+        except OSError as e:  # in use, not permitted, no such address (socket.gaierror too)
+            await runner.cleanup()
+            raise BindError("web", cfg.host, cfg.port, e) from e
         except BaseException:
             await runner.cleanup()
             raise

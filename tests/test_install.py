@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from callguard.config import AgiConfig, load_config
-from callguard.errors import EXIT_CONFIG
+from callguard.errors import EXIT_CONFIG, NO_RESTART
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "scripts" / "callguard.service"
@@ -81,7 +81,7 @@ def test_systemd_analyze_would_catch_a_broken_unit(tmp_path: Path) -> None:
 def test_unit_contract() -> None:
     s = unit_settings()
     assert s["ExecStart"] == [f"{SHIPPED_EXEC} --config /etc/callguard/config.toml run"]
-    assert s["RestartPreventExitStatus"] == [str(EXIT_CONFIG)]
+    assert s["RestartPreventExitStatus"] == [" ".join(map(str, NO_RESTART))] and EXIT_CONFIG in NO_RESTART
     assert s["Restart"] == ["on-failure"]
     assert s["DynamicUser"] == ["yes"] and s["StateDirectory"] == ["callguard"]
     assert s["EnvironmentFile"] == ["-/etc/callguard/callguard.env"]

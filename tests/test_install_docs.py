@@ -62,5 +62,5 @@ def test_every_log_event_is_documented() -> None:
 
 def test_every_exit_code_is_documented() -> None:
     section = DOC[DOC.index("## Exit codes"):DOC.index("## HTTP endpoints")]
-    for code in (errors.EXIT_OK, errors.EXIT_FAILURE, errors.EXIT_USAGE, errors.EXIT_CONFIG, 130):
+    for code in (errors.EXIT_OK, errors.EXIT_FAILURE, errors.EXIT_USAGE, *errors.NO_RESTART, 130):
         assert f"| {code} |" in section

@@ -56,8 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except errors.ConfigError as e:
         print(f"callguard: config error: {e}", file=sys.stderr)
         return errors.EXIT_CONFIG
-    except errors.CallguardError as e:
+    except errors.CallguardError as e:  # one line, and the code errors.exit_code maps it to
         print(f"callguard: {e}", file=sys.stderr)
-        return errors.EXIT_FAILURE
+        return errors.exit_code(e)
     except KeyboardInterrupt:
         return 130

@@ -25,7 +25,8 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
-from callguard.errors import SchemaTooNewError, StoreError
+from callguard.errors import SchemaTooNewError
+from callguard.store import failures
 from callguard.store.migrations import LATEST, MIGRATIONS
 
 log = structlog.get_logger("callguard.store")
@@ -33,10 +34,16 @@ _memory_ids = itertools.count()
 
 
 async def _connect(path: str, busy_timeout_ms: int, uri: bool = False) -> aiosqlite.Connection:
+    conn = aiosqlite.connect(path, uri=uri, isolation_level=None)
     try:
-        conn = await aiosqlite.connect(path, uri=uri, isolation_level=None)
-    except Exception as e:  # sqlite3.OperationalError and friends
-        raise StoreError(f"cannot open database {path}: {e}") from e
+        await conn
+    except BaseException:
+        # aiosqlite stops its thread without waiting; were the loop closed first, that thread would print
+        # a traceback ("Event loop is closed") under the one line a failed start-up prints.
+        thread = getattr(conn, "_thread", None)
+        if thread is not None and thread.is_alive():
+            await asyncio.to_thread(thread.join, 1.0)
+        raise
     conn.daemon = True  # a stuck query must never keep the process alive on exit (aiosqlite>=0.20)
     await conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
     await conn.execute("PRAGMA foreign_keys = ON")
@@ -126,13 +133,24 @@ class Database:
 
     @classmethod
     async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Database:
+        """Open (or create) and migrate; any failure is a typed ``StoreError`` naming the file
+        (callguard.store.failures)."""
+        try:
+            return await cls._open(path, busy_timeout_ms)
+        except (sqlite3.Error, OSError) as e:
+            raise failures.classify(str(path), e) from e
+
+    @classmethod
+    async def _open(cls, path: Path | str, busy_timeout_ms: int) -> Database:
         target = str(path)
         uri = False
         if target == ":memory:":
             # Two connections must see one database: a named shared-cache memory DB.
             target, uri = f"file:callguard-{os.getpid()}-{next(_memory_ids)}?mode=memory&cache=shared", True
         else:
-            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            failures.prepare_folder(Path(target))
+            failures.check_header(Path(target))
+            failures.probe(target)
         writer = await _connect(target, busy_timeout_ms, uri)
         try:
             if not uri:
