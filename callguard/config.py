@@ -210,6 +210,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    # The event loop not beating this long is a stall (callguard/watchdog.py): the FastAGI sockets are
+    # shut so Asterisk fails open, and the process exits 70 for systemd to restart it. 0 turns it off.
+    stall_timeout: Duration = Duration(1.5)
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     phone: PhoneConfig = field(default_factory=PhoneConfig)
@@ -224,6 +231,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
 
 
@@ -357,6 +365,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("must be positive", "agi.deadline_ms")
     if not 0 <= cfg.agi.workers <= MAX_AGI_WORKERS:
         raise ConfigError(f"must be 0 to {MAX_AGI_WORKERS}", "agi.workers")
+    if cfg.service.stall_timeout and not 0.5 <= cfg.service.stall_timeout <= 60:
+        raise ConfigError("must be 0 (off) or 0.5 s to 60 s", "service.stall_timeout")
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":

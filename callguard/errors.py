@@ -10,6 +10,8 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 # sysexits.h EX_CONFIG: the systemd unit must not restart on it, a restart cannot fix a bad file.
 EXIT_CONFIG = 78
+# sysexits.h EX_SOFTWARE: the event loop stalled (callguard/watchdog.py); the unit restarts on it.
+EXIT_STALLED = 70
 
 
 class CallguardError(Exception):

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -51,3 +55,20 @@ WEBHOOKS = Counter(
 CRM_REQUESTS = Counter(
     "callguard_crm_requests", "CRM HTTP requests, by CRM and status class", ["crm", "status"], registry=REGISTRY
 )
+
+
+class ReadCounter(Collector):
+    """A counter read at scrape time from ``source`` (set at start-up), for a count that must survive the
+    process: the loop stalls, which the stall log beside the store keeps (callguard/watchdog.py)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.source: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.source() if self.source else 0)
+
+
+LOOP_STALLS = ReadCounter("callguard_loop_stalls", "Event-loop stalls: sockets shut, process exited 70 (all runs)")
+REGISTRY.register(LOOP_STALLS)
