@@ -79,9 +79,13 @@ def shutdown_fds(fds: list[int]) -> int:
             dup = os.dup(fd)
         except OSError:  # closed meanwhile
             continue
-        # Family and type given: no getsockopt probes, so this cannot fail and leak the dup.
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=dup) as s, contextlib.suppress(OSError):
-            s.shutdown(socket.SHUT_RDWR)  # OSError: not connected (any more), not a socket
+        try:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM, 0, fileno=dup)
+        except OSError:  # not a socket (the fd was closed and reused meanwhile)
+            os.close(dup)
+            continue
+        with s, contextlib.suppress(OSError):
+            s.shutdown(socket.SHUT_RDWR)  # OSError: not connected (any more)
             done += 1
     return done
 
