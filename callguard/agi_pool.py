@@ -54,8 +54,8 @@ STABLE_AFTER = 30.0  # a worker that ran this long restarts after RESTART_MIN ag
 MAX_LINE = 1 << 20
 WORKER_MODULE = "callguard.agi_worker"
 # A worker's stats come every agi_worker.STATS_INTERVAL (0.5 s). Silent this long past the worker's own
-# service.stall_timeout: SIGKILL, checked every LINK_CHECK. The default 1.5 + 0.5 s, plus one check,
-# closes a stopped worker's held calls within 2.25 s of its last beat.
+# service.stall_timeout: SIGKILL, checked every LINK_CHECK. The default 1 + 0.5 s, plus one check,
+# closes a stopped worker's held calls within 1.75 s of its last beat.
 LINK_GRACE = 0.5
 LINK_CHECK = 0.25
 

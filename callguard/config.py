@@ -213,7 +213,7 @@ class LogConfig:
 class ServiceConfig:
     # The event loop not beating this long is a stall (callguard/watchdog.py): the FastAGI sockets are
     # shut so Asterisk fails open, and the process exits 70 for systemd to restart it. 0 turns it off.
-    stall_timeout: Duration = Duration(1.5)
+    stall_timeout: Duration = Duration(1.0)
 
 
 @dataclass(frozen=True)

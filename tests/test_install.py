@@ -14,6 +14,7 @@ import pytest
 
 from callguard.config import AgiConfig, ServiceConfig, load_config
 from callguard.errors import EXIT_CONFIG, EXIT_STALLED
+from callguard.sdnotify import PINGS_PER_PERIOD
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "scripts" / "callguard.service"
@@ -94,8 +95,10 @@ def test_unit_contract() -> None:
     watchdog_s, abort_s = _seconds(s["WatchdogSec"][0]), _seconds(s["TimeoutAbortSec"][0])
     assert "WatchdogSignal" not in s  # SIGABRT to the main process, then SIGKILL to all (KillMode=mixed)
     assert s["KillMode"] == ["mixed"]
-    assert watchdog_s + abort_s < 3.0
-    assert watchdog_s > ServiceConfig().stall_timeout  # callguard's own, logged and counted, acts first
+    slack = 0.25  # sd-event's default timer accuracy, on the watchdog timer and on the abort timer
+    assert watchdog_s + abort_s + 2 * slack <= 2.5
+    # callguard's own (logged, counted) acts first: systemd's comes no sooner than WatchdogSec less a ping
+    assert watchdog_s * (1 - 1 / PINGS_PER_PERIOD) > ServiceConfig().stall_timeout + 0.15
     assert str(EXIT_STALLED) not in s["RestartPreventExitStatus"][0].split()
     m = re.fullmatch(r"(\d+)s", s["TimeoutStopSec"][0])
     assert m and int(m.group(1)) > AgiConfig().drain_seconds + 10  # drain + outbox/sync stop bounds

@@ -186,8 +186,8 @@ def test_queued_since_is_none_with_nothing_queued() -> None:
 
 def test_watchdog_interval_follows_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
     pid = str(os.getpid())
-    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "1500000", "WATCHDOG_PID": pid}) == pytest.approx(0.5)
-    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "1500000"}) == pytest.approx(0.5)
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "1500000", "WATCHDOG_PID": pid}) == pytest.approx(0.25)
+    assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "1500000"}) == pytest.approx(0.25)
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "1500000", "WATCHDOG_PID": "1"}) is None  # not ours
     assert sdnotify.watchdog_interval({"WATCHDOG_USEC": "x"}) is None
     assert sdnotify.watchdog_interval({}) is None
@@ -198,7 +198,7 @@ async def test_notifier_abstract_socket_ready_pings_stopping() -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sink:
         sink.bind("\0" + name)
         sink.setblocking(False)
-        n = sdnotify.Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "300000"})
+        n = sdnotify.Notifier({"NOTIFY_SOCKET": "@" + name, "WATCHDOG_USEC": "600000"})
         n.ready(status="serving")
         await asyncio.sleep(0.35)
         n.stopping()

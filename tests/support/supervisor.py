@@ -4,9 +4,11 @@ It does what systemd does for scripts/callguard.service, with nothing installed:
 socket, starts the command with ``NOTIFY_SOCKET`` and ``WATCHDOG_USEC``/``WATCHDOG_PID``, records every
 notification, and once READY=1 came, when WATCHDOG=1 stops for ``watchdog_sec`` it sends SIGABRT
 (``WatchdogSignal``) to the main process and ``abort_sec`` later SIGKILL to its whole process group (the
-cgroup, ``KillMode=mixed``). ``stop()`` is ``systemctl stop``: SIGTERM, then SIGKILL after ``stop_sec``.
+cgroup, ``KillMode=mixed``). Each of the two timers fires ``timer_slack`` late, as systemd's may (sd-event's
+default accuracy is 250 ms): the kill comes at the worst time systemd would allow. ``stop()`` is
+``systemctl stop``: SIGTERM, then SIGKILL after ``stop_sec``.
 
-    sup = Supervisor([sys.executable, "-m", "callguard", "--config", cfg, "run"], watchdog_sec=2.0)
+    sup = Supervisor([sys.executable, "-m", "callguard", "--config", cfg, "run"], watchdog_sec=1.5)
     sup.start()
     sup.wait_ready()            # raises TimeoutError, or RuntimeError if the process exited first
     ...                         # sup.pid, sup.notifications, sup.watchdog_fired_at, sup.killed_at
@@ -40,7 +42,7 @@ class Notification:
 class Supervisor:
     def __init__(
         self, argv: Sequence[str], env: Mapping[str, str] | None = None, *, watchdog_sec: float = 2.0,
-        abort_sec: float = 0.5, stop_sec: float = 30.0, stdout: int | IO[Any] | None = None,
+        abort_sec: float = 0.5, stop_sec: float = 30.0, timer_slack: float = 0.25, stdout: int | IO[Any] | None = None,
         stderr: int | IO[Any] | None = None, cwd: str | os.PathLike[str] | None = None,
     ) -> None:
         """``watchdog_sec`` 0 turns the watchdog off (no WATCHDOG_USEC). ``stdout``/``stderr`` as for
@@ -50,6 +52,7 @@ class Supervisor:
         self.watchdog_sec = watchdog_sec
         self.abort_sec = abort_sec
         self.stop_sec = stop_sec
+        self.timer_slack = timer_slack
         self._popen_kw: dict[str, Any] = {"stdout": stdout, "stderr": stderr, "cwd": cwd}
         self.proc: subprocess.Popen[bytes] | None = None
         self.notifications: list[Notification] = []
@@ -129,6 +132,10 @@ class Supervisor:
         self._done.set()
         if self._thread is not None:
             self._thread.join(1.0)
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
         self._sock.close()
         self._dir.cleanup()
 
@@ -158,11 +165,11 @@ class Supervisor:
             return
         last = max([ready, *self.pings()])
         now = time.monotonic()
-        if self.watchdog_fired_at is None and now - last >= self.watchdog_sec:
+        if self.watchdog_fired_at is None and now - last >= self.watchdog_sec + self.timer_slack:
             self.watchdog_fired_at = now
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGABRT)
-        elif self.watchdog_fired_at is not None and now - self.watchdog_fired_at >= self.abort_sec:
+        elif self.watchdog_fired_at is not None and now - self.watchdog_fired_at >= self.abort_sec + self.timer_slack:
             self._kill_group()
 
     def _kill_group(self) -> None:
