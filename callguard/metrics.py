@@ -69,6 +69,9 @@ class ReadCounter(Collector):
     def collect(self) -> Iterator[CounterMetricFamily]:
         yield CounterMetricFamily(self.name, self.documentation, value=self.source() if self.source else 0)
 
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
 
 LOOP_STALLS = ReadCounter("callguard_loop_stalls", "Event-loop stalls: sockets shut, process exited 70 (all runs)")
 REGISTRY.register(LOOP_STALLS)
