@@ -27,7 +27,7 @@ from typing import cast
 import structlog
 from panoramisk import fast_agi
 
-from callguard import metrics
+from callguard import metrics, rxtime
 from callguard.agiproto import AgiReply, AgiRequest, parse_reply, parse_request
 from callguard.config import AgiConfig
 from callguard.errors import AgiProtocolError, BindError
@@ -53,6 +53,10 @@ class AgiSession(fast_agi.Request):  # type: ignore[misc]
         self.reply_timeout = reply_timeout
         self.hung_up = False
         self.started = conn.started
+        # When the request's first byte reached the host (perf_counter), kernel queueing included: what
+        # a screen's latency counts from. The deadline still counts from ``started``: a verdict is trusted
+        # when callguard's own part was quick, however long the caller waited before it.
+        self.arrived = conn.arrived if conn.arrived is not None else conn.started
 
     async def send_command(self, command: str) -> AgiReply:  # type: ignore[override]
         """Send one command and return its reply; ``TimeoutError`` after ``reply_timeout``."""
@@ -103,6 +107,8 @@ class AgiConnection(asyncio.Protocol):
         self.cfg = server.cfg
         self.loop = loop  # given: asyncio.get_running_loop() costs a getpid() call on Python 3.11
         self.started = time.perf_counter()
+        self.arrived: float | None = None  # the first byte's arrival (rxtime), else first data_received
+        self.fd = -1  # for the stall watchdog's thread (callguard/watchdog.py), which shuts it
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
         self._buf = bytearray()
@@ -115,6 +121,11 @@ class AgiConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not an asyncio.Transport subclass
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
+            if self.server.timestamps:
+                self.arrived = rxtime.queued_since(self.fd, sock.family)
         if not self.server._opened(self):
             # Refusing makes Asterisk set AGISTATUS=FAILURE and the dialplan fails open to the queue.
             self._close()
@@ -124,6 +135,8 @@ class AgiConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self._closing:
             return
+        if self.arrived is None:
+            self.arrived = time.perf_counter()
         buf = self._buf
         buf += data
         if self.task is None:
@@ -286,6 +299,8 @@ class AgiServer:
         self._server: asyncio.Server | None = None
         self._conns: set[AgiConnection] = set()
         self._idle = asyncio.Event()
+        self._listen_fds: list[int] = []
+        self.timestamps = False  # SO_TIMESTAMPNS on the listening socket (rxtime)
         self.port: int | None = None
 
     @property
@@ -312,11 +327,23 @@ class AgiServer:
             except OSError as e:  # in use, not permitted, no such address (socket.gaierror too)
                 raise BindError("agi", self.cfg.host, self.cfg.port, e) from e
         self.port = self._server.sockets[0].getsockname()[1]
+        self.timestamps = all(rxtime.enable(s) for s in self._server.sockets)
+        if self.sock is None:  # ours alone: the stall watchdog may shut it (never a worker's shared one)
+            self._listen_fds = [s.fileno() for s in self._server.sockets]
         metrics.AGI_ACTIVE.set_function(lambda: self.active)  # read at scrape time, not per call
         if self.sock is None:
             log.info("agi_listening", host=self.cfg.host, port=self.port, deadline_ms=self.cfg.deadline_ms)
         else:  # an AGI worker process; the pool logs agi_listening
             log.info("agi_worker_serving", port=self.port, pid=os.getpid())
+
+    def held_fds(self) -> list[int]:
+        """The fds of the connections open now; called from the stall watchdog's thread (a set copied
+        under the GIL in one step)."""
+        return [c.fd for c in list(self._conns) if c.fd >= 0]
+
+    def listen_fds(self) -> list[int]:
+        """The listening sockets this server bound itself (none when it serves a shared one)."""
+        return list(self._listen_fds) if self._server is not None else []
 
     def _opened(self, conn: AgiConnection) -> bool:
         if len(self._conns) >= self.cfg.max_connections:

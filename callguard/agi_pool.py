@@ -10,6 +10,10 @@ What the rest of callguard needs from a screen reaches the main process over eac
 screen's record goes to ``ScreenService.ingest`` (metrics, the call tracker, the screens table), the AGI
 error counters and open connections to this process's metrics.
 
+A worker whose link goes silent for LINK_SILENCE (its loop frozen with the GIL held, or the process
+stopped: its own stall watchdog cannot act) is killed with SIGKILL, so the kernel closes the FastAGI
+connections it holds and Asterisk fails open (``agi_worker_unresponsive``).
+
 A worker that dies is started again (``agi_worker_exited``, back-off from RESTART_MIN to RESTART_MAX);
 its siblings go on answering meanwhile. On stop each worker gets SIGTERM and drains its in-flight screens
 within ``agi.drain_seconds``.
@@ -32,7 +36,7 @@ import structlog
 
 import callguard
 from callguard import log as logsetup
-from callguard import metrics
+from callguard import metrics, rxtime, sdnotify
 from callguard.agi import BACKLOG
 from callguard.agi_worker import LinkEnd, Ready, Stats, decode
 from callguard.config import Config
@@ -49,6 +53,11 @@ RESTART_MAX = 10.0
 STABLE_AFTER = 30.0  # a worker that ran this long restarts after RESTART_MIN again
 MAX_LINE = 1 << 20
 WORKER_MODULE = "callguard.agi_worker"
+# A worker's stats come every agi_worker.STATS_INTERVAL (0.5 s). Silent this long past the worker's own
+# service.stall_timeout: SIGKILL, checked every LINK_CHECK. The default 1 + 0.5 s, plus one check,
+# closes a stopped worker's held calls within 1.75 s of its last beat.
+LINK_GRACE = 0.5
+LINK_CHECK = 0.25
 
 
 class WorkerStartError(CallguardError):
@@ -71,6 +80,7 @@ class Worker:
     errors: dict[str, float] = field(default_factory=dict)
     timeouts: float = 0.0
     supervisor: asyncio.Task[None] | None = None
+    heard: float = 0.0  # time.monotonic() of the last bytes on its link
 
     @property
     def pid(self) -> int | None:
@@ -87,6 +97,7 @@ class WorkerLink(LinkEnd):
         self._buf = bytearray()
 
     def data_received(self, data: bytes) -> None:
+        self.worker.heard = time.monotonic()
         buf = self._buf
         buf += data
         start = 0
@@ -111,6 +122,7 @@ class AgiPool:
         self.workers: list[Worker] = []
         self._sock: socket.socket | None = None
         self._stopping = False
+        self._link_watch: asyncio.Task[None] | None = None
 
     @property
     def listening(self) -> bool:
@@ -119,6 +131,14 @@ class AgiPool:
     @property
     def active(self) -> int:
         return sum(w.active for w in self.workers if _alive(w))
+
+    def held_fds(self) -> list[int]:
+        """For the main process's stall watchdog: the workers hold the FastAGI connections, not this one."""
+        return []
+
+    def listen_fds(self) -> list[int]:
+        """None: shutting the listening socket would stop the workers' accept too (it is one socket)."""
+        return []
 
     # --- lifecycle --------------------------------------------------------------------------------------
 
@@ -134,6 +154,8 @@ class AgiPool:
             raise
         for w in self.workers:
             w.supervisor = asyncio.create_task(self._supervise(w), name=f"agi-worker-{w.index}")
+        if self.cfg.service.stall_timeout:
+            self._link_watch = asyncio.create_task(self._watch_links(), name="agi-worker-links")
         metrics.AGI_ACTIVE.set_function(lambda: self.active)  # read at scrape time
         log.info(
             "agi_listening", host=agi.host, port=self.port, deadline_ms=agi.deadline_ms, workers=len(self.workers),
@@ -142,6 +164,10 @@ class AgiPool:
 
     async def stop(self) -> None:
         self._stopping = True
+        if self._link_watch is not None:
+            self._link_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._link_watch
         for w in self.workers:
             if w.supervisor is not None:
                 w.supervisor.cancel()
@@ -184,7 +210,7 @@ class AgiPool:
             out = stream.fileno()
         except (AttributeError, OSError, ValueError):  # a StringIO in a test: inherit ours
             out = None
-        env = dict(os.environ)
+        env = {k: v for k, v in os.environ.items() if k not in sdnotify.ENV_VARS}  # systemd's are ours alone
         # The same callguard as this process, even when it was imported from a checkout.
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_package_root(), env.get("PYTHONPATH", "")) if p)
         w.ready = loop.create_future()
@@ -199,7 +225,7 @@ class AgiPool:
             )
         finally:
             theirs.close()
-        w.started_at = time.monotonic()
+        w.started_at = w.heard = time.monotonic()
         _, w.link = await loop.create_connection(lambda: WorkerLink(self, w), sock=ours)
         assert w.proc.stdin is not None
         w.proc.stdin.write(pickle.dumps(self.cfg))
@@ -241,6 +267,26 @@ class AgiPool:
                     continue
                 log.info("agi_worker_restarted", worker=w.index, pid=w.pid)
                 break
+
+    async def _watch_links(self) -> None:
+        """SIGKILL a serving worker whose link is silent: its loop cannot beat, nor its watchdog act."""
+        silence = self.cfg.service.stall_timeout + LINK_GRACE
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(LINK_CHECK)
+            now = time.monotonic()
+            if now - last > silence / 2:  # this loop was late itself: what it has not read yet proves nothing
+                for w in self.workers:
+                    w.heard = max(w.heard, now)
+            last = now
+            for w in self.workers:
+                if _alive(w) and w.ready is not None and w.ready.done() and now - w.heard > silence:
+                    metrics.AGI_ERRORS.labels(kind="worker_unresponsive").inc()
+                    log.error("agi_worker_unresponsive", worker=w.index, pid=w.pid, silent_s=round(now - w.heard, 3),
+                              action="SIGKILL")
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.kill()  # type: ignore[union-attr]
+                    w.heard = now  # once; the supervisor restarts it
 
     # --- the links --------------------------------------------------------------------------------------
 
@@ -295,6 +341,7 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        rxtime.enable(sock)  # the workers' screens count from the first byte (callguard/rxtime.py)
         sock.bind(addr)
         sock.listen(BACKLOG)
     except OSError as e:

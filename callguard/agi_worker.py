@@ -7,7 +7,12 @@ needs from it goes over LINK_FD, one JSON object per line (``encode_*``/``decode
 
     {"ready": PID}                                        serving
     {"screen": [uniqueid, at, caller, did, verdict, reason, latency_ms]}
-    {"stats": {"errors": {KIND: N}, "timeouts": N, "active": N}}   AGI counters so far, about every second
+    {"stats": {"errors": {KIND: N}, "timeouts": N, "active": N}}   AGI counters so far, every STATS_INTERVAL
+
+The stats are also the worker's heartbeat: they come from its event loop, so a worker whose loop is
+frozen (or that is stopped) goes silent and the main process kills it (``agi_pool``, LINK_SILENCE). The
+worker also runs its own stall watchdog (``callguard.watchdog``), which shuts the connections it holds,
+never the shared listening socket, and exits 70.
 
 It stops on SIGTERM/SIGINT (stop accepting, drain within ``agi.drain_seconds``, exit 0) and when the main
 process goes away (EOF on the link), so it never outlives the service.
@@ -28,7 +33,7 @@ from typing import TYPE_CHECKING, Any, cast
 import orjson
 import structlog
 
-from callguard import metrics
+from callguard import metrics, watchdog
 from callguard.config import Config
 from callguard.screening import Verdict
 from callguard.store.screens import ScreenRecord
@@ -38,7 +43,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("callguard.agi_worker")
 
-STATS_INTERVAL = 1.0
+STATS_INTERVAL = 0.5  # also the heartbeat the main process supervises (agi_pool.LINK_SILENCE)
 # A screen's record reaches the main process at most this late. The call tracker needs a verdict before
 # the call ends; a spam call ends with Asterisk's hangup after the AGI, tens of ms later at the least,
 # and the tracker also reads the verdict from AMI (VarSet CALLGUARD_VERDICT).
@@ -194,6 +199,7 @@ async def serve(cfg: Config, listen_fd: int, link_fd: int) -> int:
         server = AgiServer(cfg.agi, {"screen": screener.handle}, sock=socket.socket(fileno=listen_fd))
         await server.start()
         link.send(encode_ready(os.getpid()))
+        stall = watchdog.start(cfg, "worker", server.held_fds)  # no listening fds: the siblings share it
         reporter = asyncio.create_task(_report(link, server))
         ended = asyncio.create_task(stop.wait())
         await asyncio.wait([ended, link.closed], return_when=asyncio.FIRST_COMPLETED)
@@ -201,6 +207,8 @@ async def serve(cfg: Config, listen_fd: int, link_fd: int) -> int:
             log.warning("agi_worker_orphaned", hint="the main process went away; stopping")
         ended.cancel()
         await server.stop()
+        if stall is not None:
+            stall.stop()
         reporter.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporter
@@ -214,13 +222,9 @@ async def serve(cfg: Config, listen_fd: int, link_fd: int) -> int:
 
 
 async def _report(link: LinkToMain, server: AgiServer) -> None:
-    last: Stats | None = None
-    while True:
+    while True:  # every time, changed or not: it is the heartbeat
         await asyncio.sleep(STATS_INTERVAL)
-        now = counters(server.active)
-        if now != last:
-            link.send(encode_stats(now))
-            last = now
+        link.send(encode_stats(counters(server.active)))
 
 
 def main(argv: list[str]) -> int:

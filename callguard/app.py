@@ -16,6 +16,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from callguard import log as log_setup
+from callguard import metrics, sdnotify, watchdog
 from callguard.config import Config
 from callguard.crm import offload
 from callguard.errors import CallguardError, exit_code
@@ -111,6 +112,7 @@ class Service:
         self.cfg = cfg
         self.started: list[Part] = []
         self.runtime: Runtime | None = None
+        self.stall: watchdog.StallWatchdog | None = None
 
     async def start(self) -> Runtime:
         """Open the store, then start the parts in order. A failure a restart cannot cure (a typed
@@ -146,23 +148,43 @@ class Service:
                 log.info("part_stopped", part=part.name)
             except Exception:
                 log.exception("part_stop_failed", part=part.name)
+        if self.stall is not None:  # kept through the drain: a loop frozen there holds callers too
+            self.stall.stop()
+            self.stall = None
         offload.shutdown()  # the CRM page parser's worker process, if a sync started one
         if self.runtime is not None:
             await self.runtime.store.close()
             self.runtime = None
+
+    def _watch(self, rt: Runtime) -> watchdog.StallWatchdog | None:
+        """The stall watchdog for the main process's loop; it shuts the FastAGI sockets the ``agi`` part
+        holds (none with workers: they hold theirs and watch their own loops)."""
+        agi = rt.parts.get("agi")
+        no_fds: watchdog.Fds = list
+        return watchdog.start(
+            self.cfg, "main", getattr(agi, "held_fds", no_fds), getattr(agi, "listen_fds", no_fds),
+        )
 
     async def run_until_signal(self) -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        notifier = sdnotify.Notifier()
         try:
-            await self.start()
-            log.info("service_ready", config=str(self.cfg.source) if self.cfg.source else "embedded defaults")
+            rt = await self.start()
+            self.stall = self._watch(rt)
+            stalls = watchdog.StallLog(watchdog.stall_log_path(self.cfg))
+            metrics.LOOP_STALLS.source = stalls.count  # read at scrape time: a worker's stall counts at once
+            log.info("service_ready", config=str(self.cfg.source) if self.cfg.source else "embedded defaults",
+                     loop_stalls=stalls.count())
+            notifier.ready(status="serving")  # after every part started: systemd's "active"
             await stop.wait()
             log.info("service_stopping")
         finally:
+            notifier.stopping(status="stopping")
             await self.stop()
+            notifier.close()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(Exception):
                     loop.remove_signal_handler(sig)

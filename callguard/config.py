@@ -257,6 +257,13 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class ServiceConfig:
+    # The event loop not beating this long is a stall (callguard/watchdog.py): the FastAGI sockets are
+    # shut so Asterisk fails open, and the process exits 70 for systemd to restart it. 0 turns it off.
+    stall_timeout: Duration = dur("1s", "0s", "1m")
+
+
+@dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     phone: PhoneConfig = field(default_factory=PhoneConfig)
@@ -271,6 +278,7 @@ class Config:
     sync: SyncConfig = field(default_factory=SyncConfig)
     web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
 
 
@@ -433,6 +441,8 @@ def _validate(cfg: Config) -> None:
         raise ConfigError(f"unknown time zone {cfg.hours.timezone!r}", "hours.timezone") from e
     _validate_pairs(cfg)
     _validate_crm(cfg)
+    if cfg.service.stall_timeout and not 0.5 <= cfg.service.stall_timeout <= 60:
+        raise ConfigError("must be 0 (off) or 0.5 s to 60 s", "service.stall_timeout")
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":

@@ -17,6 +17,8 @@ EXIT_UNAVAILABLE = 69  # EX_UNAVAILABLE: a listening address (agi, web) is in us
 EXIT_CANTCREAT = 73  # EX_CANTCREAT: the store cannot be opened, created or written (folder, permissions, disk)
 EXIT_CONFIG = 78  # EX_CONFIG: the config file or environment is unusable
 NO_RESTART = (EXIT_DATAERR, EXIT_UNAVAILABLE, EXIT_CANTCREAT, EXIT_CONFIG)
+# sysexits.h EX_SOFTWARE: the event loop stalled (callguard/watchdog.py); the unit restarts on it.
+EXIT_STALLED = 70
 
 
 class CallguardError(Exception):

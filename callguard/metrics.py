@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -61,3 +65,23 @@ AMI_TIMESTAMPS_CLAMPED = Counter(
     "AMI events whose Timestamp was out of bounds or unreadable (arrival time used), by kind",
     ["kind"], registry=REGISTRY,
 )
+
+
+class ReadCounter(Collector):
+    """A counter read at scrape time from ``source`` (set at start-up), for a count that must survive the
+    process: the loop stalls, which the stall log beside the store keeps (callguard/watchdog.py)."""
+
+    def __init__(self, name: str, documentation: str) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.source: Callable[[], int] | None = None
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation, value=self.source() if self.source else 0)
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield CounterMetricFamily(self.name, self.documentation)
+
+
+LOOP_STALLS = ReadCounter("callguard_loop_stalls", "Event-loop stalls: sockets shut, process exited 70 (all runs)")
+REGISTRY.register(LOOP_STALLS)

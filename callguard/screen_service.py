@@ -173,7 +173,7 @@ class ScreenService:
         if fault:
             decision = Decision(Verdict.CLEAN, f"fail_open:{fault}")
         delivered = await self._answer(session, decision)
-        latency_ms = (time.perf_counter() - session.started) * 1000
+        latency_ms = (time.perf_counter() - session.arrived) * 1000  # from the first byte, waits included
         contact = decision.contact
         log.info(
             "call_screened",

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from callguard.config import AgiConfig, load_config
-from callguard.errors import EXIT_CONFIG, NO_RESTART
+from callguard.config import AgiConfig, ServiceConfig, load_config
+from callguard.errors import EXIT_CONFIG, EXIT_STALLED, NO_RESTART
+from callguard.sdnotify import PINGS_PER_PERIOD
 
 ROOT = Path(__file__).parent.parent
 UNIT = ROOT / "scripts" / "callguard.service"
@@ -89,8 +90,24 @@ def test_unit_contract() -> None:
     for key in ("ProtectSystem", "ProtectHome", "NoNewPrivileges", "PrivateTmp", "PrivateDevices",
                 "ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups"):
         assert s[key] in (["yes"], ["strict"]), key
+    # The PBX boundary: a frozen service is killed and its sockets closed within 3 s of the freeze.
+    assert s["Type"] == ["notify"] and s["NotifyAccess"] == ["main"]
+    watchdog_s, abort_s = _seconds(s["WatchdogSec"][0]), _seconds(s["TimeoutAbortSec"][0])
+    assert "WatchdogSignal" not in s  # SIGABRT to the main process, then SIGKILL to all (KillMode=mixed)
+    assert s["KillMode"] == ["mixed"]
+    slack = 0.25  # sd-event's default timer accuracy, on the watchdog timer and on the abort timer
+    assert watchdog_s + abort_s + 2 * slack <= 2.5
+    # callguard's own (logged, counted) acts first: systemd's comes no sooner than WatchdogSec less a ping
+    assert watchdog_s * (1 - 1 / PINGS_PER_PERIOD) > ServiceConfig().stall_timeout + 0.15
+    assert str(EXIT_STALLED) not in s["RestartPreventExitStatus"][0].split()
     m = re.fullmatch(r"(\d+)s", s["TimeoutStopSec"][0])
     assert m and int(m.group(1)) > AgiConfig().drain_seconds + 10  # drain + outbox/sync stop bounds
+
+
+def _seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s)", value)
+    assert m, value
+    return float(m.group(1)) / (1000 if m.group(2) == "ms" else 1)
 
 
 def test_unit_exposure_is_low(tmp_path: Path) -> None:
