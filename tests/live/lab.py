@@ -197,6 +197,7 @@ class Ami:
 
     def __init__(self) -> None:
         self.frames: list[Frame] = []
+        self.arrived: list[float] = []  # time.monotonic() when each frame was read
         self._changed = asyncio.Event()
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -213,13 +214,19 @@ class Ami:
         assert self._reader is not None
         feeder = FrameFeeder()
         while chunk := await self._reader.read(65536):
-            self.frames.extend(feeder.feed(chunk))
+            frames = feeder.feed(chunk)
+            now = time.monotonic()
+            self.frames.extend(frames)
+            self.arrived.extend(now for _ in frames)
             self._changed.set()
 
     async def send(self, fields: dict[str, str]) -> None:
         assert self._writer is not None
         self._writer.write(encode_action(fields))
         await self._writer.drain()
+
+    def arrival_of(self, frame: Frame) -> float:
+        return self.arrived[next(i for i, f in enumerate(self.frames) if f is frame)]
 
     async def wait_for(self, match: Callable[[Frame], bool], within: float = 15.0, start: int = 0) -> Frame:
         deadline = asyncio.get_running_loop().time() + within
@@ -265,11 +272,11 @@ def inbound_channel_of(ami: Ami, tag: str) -> Callable[[Frame], bool]:
                       and f.get("Channel", "").endswith(";2"))
 
 
-def callguard_config(tmp: Path, lab: Lab, *, ami: bool = False, extra: str = "") -> Path:
+def callguard_config(tmp: Path, lab: Lab, *, ami: bool = False, workers: int | None = None, extra: str = "") -> Path:
     path = tmp / "callguard.toml"
     path.write_text(
         f'[store]\npath = "{tmp / "cg.sqlite3"}"\n'
-        f'[agi]\nport = {lab.agi_port}\n'
+        f'[agi]\nport = {lab.agi_port}\n' + (f"workers = {workers}\n" if workers is not None else "") +
         f"[web]\nport = {free_port()}\n"
         f'[ami]\nenabled = {"true" if ami else "false"}\nport = {lab.ami_port}\nsecret = "{SECRET}"\n'
         'reconnect_min = "0.5s"\nreconnect_max = "2s"\n'
