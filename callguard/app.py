@@ -20,7 +20,7 @@ from callguard import metrics, sdnotify, watchdog
 from callguard.config import Config
 from callguard.crm import offload
 from callguard.errors import CallguardError, exit_code
-from callguard.screening import Schedule, parse_schedule
+from callguard.screening.rules import Schedule, parse_schedule
 from callguard.store import Store
 
 log = structlog.get_logger("callguard.app")
@@ -47,9 +47,9 @@ class Runtime:
 
 def build_parts(rt: Runtime) -> list[Part]:
     """The parts in start order. Later issues add theirs here."""
-    from callguard.agi import AgiServer
-    from callguard.agi_pool import AgiPool, uses_workers
-    from callguard.screen_service import ScreenService
+    from callguard.agi.pool import AgiPool, uses_workers
+    from callguard.agi.server import AgiServer
+    from callguard.screening.screener import ScreenService
 
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
     agi: Part = (
@@ -64,7 +64,7 @@ def build_parts(rt: Runtime) -> list[Part]:
         parts.append(build_sync(rt))
     if rt.cfg.web.enabled:
         # Last: it reports on the others (readiness), so they exist when it serves.
-        from callguard.web import WebServer
+        from callguard.web.server import WebServer
 
         parts.append(WebServer(rt))
     return parts
@@ -74,15 +74,15 @@ def _missed_call_parts(rt: Runtime, screener: Any) -> list[Part]:
     """The outbox worker always runs (queued leads leave even with AMI off); with ``ami.enabled`` the
     tracker and the AMI link too. Start order outbox → calls → ami, so stop (reverse) ends intake first,
     then persists the tracker's outcomes, then stops delivery."""
-    from callguard.outbox import OutboxWorker
-    from callguard.sinks import build_sink
+    from callguard.leads.outbox import OutboxWorker
+    from callguard.leads.sinks import build_sink
 
     worker = OutboxWorker(rt.cfg, rt.store, build_sink(rt.cfg, rt))
     parts: list[Part] = [worker]
     if rt.cfg.ami.enabled:
-        from callguard.ami import AmiClient
-        from callguard.callflow import CallFlow
-        from callguard.calls import CallTracker
+        from callguard.ami.client import AmiClient
+        from callguard.calls.recorder import CallFlow
+        from callguard.calls.tracker import CallTracker
 
         flow = CallFlow(CallTracker(rt.cfg), rt.store, on_lead=worker.wake)
         screener.subscribe(flow.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid

@@ -127,7 +127,7 @@ class AgiConfig:
     max_header_bytes: int = num(16384, 1024, 1 << 20)
     max_connections: int = num(1000, 1, 65536)
     drain_seconds: float = num(5.0, 0.0, 20.0)  # below TimeoutStopSec=30s in the systemd unit
-    # Screening processes sharing the listening socket (callguard/agi_pool.py); 0 screens on the main
+    # Screening processes sharing the listening socket (callguard/agi/pool.py); 0 screens on the main
     # process's event loop, beside AMI, sync and web.
     workers: int = num(2, 0, MAX_AGI_WORKERS)
 
@@ -243,7 +243,7 @@ class WebConfig:
     port: int = num(8088, 0, 65535)  # 0: any free port (tests)
     token: str = ""
     max_body_bytes: int = num(262_144, 1024, 16 << 20)
-    # Bounds per connection (callguard.web): first request complete within header_timeout, idle between
+    # Bounds per connection (callguard.web.server): first request complete within header_timeout, idle between
     # requests at most keepalive_timeout, at most max_connections open at once.
     header_timeout: Duration = dur("10s", "1s", "5m")
     keepalive_timeout: Duration = dur("15s", "1s", "1h")
@@ -448,7 +448,7 @@ def _validate(cfg: Config) -> None:
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
         raise ConfigError("sink 'crm' needs crm.kind = 'amocrm' or 'bitrix24'", "outbox.sink")
     # Imported late: screening imports config types.
-    from callguard.screening import parse_schedule
+    from callguard.screening.rules import parse_schedule
 
     parse_schedule(cfg.hours)
 

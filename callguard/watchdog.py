@@ -181,7 +181,6 @@ class StallWatchdog:
 def log_fd() -> int:
     """The fd the service logs to (stdout under systemd, both go to the journal), else stderr's."""
     from callguard import log as logsetup
-
     try:
         return logsetup.settings().stream.fileno()
     except (AttributeError, OSError, ValueError):

@@ -27,10 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from callguard.ami import AmiClient  # noqa: E402
-from callguard.amiwire import EOM  # noqa: E402
+from callguard.ami.client import AmiClient  # noqa: E402
+from callguard.ami.wire import EOM  # noqa: E402
 from callguard.app import run_loop  # noqa: E402
-from callguard.calls import CallTracker, Outcome  # noqa: E402
+from callguard.calls.tracker import CallTracker, Outcome  # noqa: E402
 from callguard.config import load_config  # noqa: E402
 
 TRACES = ROOT / "tests" / "fixtures" / "traces"

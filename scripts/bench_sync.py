@@ -131,13 +131,13 @@ def start_fake(contacts: int) -> tuple[subprocess.Popen[str], str]:
 
 async def run(args: argparse.Namespace) -> None:
     from callguard import log
-    from callguard.agi import AgiServer
-    from callguard.agi_pool import AgiPool, uses_workers
+    from callguard.agi.pool import AgiPool, uses_workers
+    from callguard.agi.server import AgiServer
     from callguard.config import load_config
     from callguard.crm import offload
     from callguard.crm.amocrm import AmoCrm
-    from callguard.screen_service import ScreenService
-    from callguard.screening import parse_schedule
+    from callguard.screening.rules import parse_schedule
+    from callguard.screening.screener import ScreenService
     from callguard.store import Store
     from callguard.sync import SyncService
 

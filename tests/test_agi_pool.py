@@ -17,15 +17,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
-from callguard import agi_pool, metrics
-from callguard.agi_pool import AgiPool, WorkerStartError, uses_workers
-from callguard.agi_worker import Ready, Stats, decode, encode_ready, encode_record, encode_stats
+from callguard import metrics
+from callguard.agi import pool as agi_pool
+from callguard.agi.pool import AgiPool, WorkerStartError, uses_workers
+from callguard.agi.worker import Ready, Stats, decode, encode_ready, encode_record, encode_stats
 from callguard.app import Runtime, Service
 from callguard.config import Config
 from callguard.errors import CallguardError
-from callguard.screening import parse_schedule
+from callguard.screening.rules import parse_schedule
 from callguard.store.screens import ScreenRecord
-from callguard.web import _agi_state
+from callguard.web.server import _agi_state
 from tests.fakes.asterisk_agi import header_with, load, session
 
 

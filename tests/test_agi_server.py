@@ -13,10 +13,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from callguard import metrics
-from callguard.agi import AgiServer, AgiSession
+from callguard.agi.server import AgiServer, AgiSession
 from callguard.config import Config
-from callguard.screen_service import ARRAY_RECHECK_S, ScreenService
-from callguard.screening import parse_schedule
+from callguard.screening.rules import parse_schedule
+from callguard.screening.screener import ARRAY_RECHECK_S, ScreenService
 from callguard.store import Store
 from callguard.store.db import HOT_BUSY_TIMEOUT_MS
 from callguard.store.numbers import Lookup

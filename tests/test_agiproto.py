@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callguard.agiproto import (
+from callguard.agi.wire import (
     AGI_MAX_LINE,
     MAX_ARRAY_VALUE,
     MAX_VALUE_LENGTH,
@@ -19,8 +19,8 @@ from callguard.agiproto import (
     set_variables,
 )
 from callguard.errors import AgiProtocolError
-from callguard.screen_service import commands_for
-from callguard.screening import Decision, Verdict
+from callguard.screening.rules import Decision, Verdict
+from callguard.screening.screener import commands_for
 from callguard.store.numbers import Contact
 from tests.fakes.asterisk_agi import agi_args, app_args, channel_variables, load
 
@@ -122,7 +122,7 @@ def test_quote_is_one_safe_line(value: str) -> None:
 @given(st.lists(st.one_of(st.from_regex(r"agi_[a-z_]{1,8}:( [^\n]{0,20})?", fullmatch=True), st.just(""),
                           st.text(max_size=20)), max_size=12))
 def test_block_fast_path_agrees_with_line_parser(lines: list[str]) -> None:
-    from callguard.agiproto import _parse_fast, _parse_lines
+    from callguard.agi.wire import _parse_fast, _parse_lines
 
     text = "\n".join(lines)
     fast = _parse_fast(text)

@@ -11,9 +11,9 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 from structlog.testing import capture_logs
 
-from callguard.ami import AmiClient
-from callguard.amiwire import Frame
-from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.ami.client import AmiClient
+from callguard.ami.wire import Frame
+from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.config import AmiConfig, Config
 from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, frames, fresh_logging  # noqa: F401 (fresh_logging: autouse)
 

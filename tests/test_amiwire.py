@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callguard.amiwire import FrameFeeder, encode_action, parse_banner, parse_frame, parse_stream, unescape
+from callguard.ami.wire import FrameFeeder, encode_action, parse_banner, parse_frame, parse_stream, unescape
 from callguard.errors import AmiProtocolError
 from tests.fakes.asterisk_ami import EXPECTED, raw
 

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callguard.amiwire import Frame, FrameFeeder
-from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.ami.wire import Frame, FrameFeeder
+from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.config import Config
 from callguard.store.screens import ScreenRecord
 from tests.fakes.asterisk_ami import CALLERS, EXPECTED, frames, fresh_logging, relabel, timed_chunks  # noqa: F401 (fresh_logging: autouse)

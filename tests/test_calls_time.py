@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from callguard import metrics
-from callguard.amiwire import Frame, FrameFeeder, event_time
-from callguard.callflow import CallFlow
-from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.ami.wire import Frame, FrameFeeder, event_time
+from callguard.calls.recorder import CallFlow
+from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.config import Config
 from tests.fakes.asterisk_ami import EXPECTED, frames, fresh_logging, timed_chunks  # noqa: F401 (fresh_logging: autouse)
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from callguard.crm.sink import build_crm_sink
-from callguard.leads import MissedCall
-from callguard.outbox import OutboxWorker
+from callguard.leads.model import MissedCall
+from callguard.leads.outbox import OutboxWorker
 from callguard.store import Store
 from callguard.store.outbox import enqueue
 from tests.crm_support import amo_config

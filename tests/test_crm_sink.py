@@ -13,7 +13,7 @@ import pytest
 from callguard.config import Config
 from callguard.crm.sink import CrmSink, build_crm_sink
 from callguard.errors import CrmUnavailableError
-from callguard.leads import MissedCall
+from callguard.leads.model import MissedCall
 from callguard.store import Store
 from callguard.sync import SyncService
 from tests.crm_support import amo_config, b24_config

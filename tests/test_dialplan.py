@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from callguard.config import load_config
-from callguard.screening import Verdict
+from callguard.screening.rules import Verdict
 
 DIALPLAN = Path(__file__).parent.parent / "dialplan"
 

@@ -15,7 +15,7 @@ import pytest
 import structlog
 from aiohttp import web
 
-from callguard.agi import AgiServer
+from callguard.agi.server import AgiServer
 from callguard.cli import main
 from callguard.cli.doctor import (
     Result,
@@ -29,8 +29,8 @@ from callguard.cli.doctor import (
     run_checks,
 )
 from callguard.config import Config, load_config
-from callguard.screen_service import ScreenService
-from callguard.screening import parse_schedule
+from callguard.screening.rules import parse_schedule
+from callguard.screening.screener import ScreenService
 from callguard.store import Store
 from tests.fakes.asterisk_ami import FakeAsterisk, Script
 
@@ -162,7 +162,7 @@ async def test_agi_port_taken_by_someone_else(cfg: Config) -> None:
 
 async def test_web_port_free_ours_or_taken(cfg: Config, store: Store) -> None:
     from callguard.app import Runtime
-    from callguard.web import WebServer
+    from callguard.web.server import WebServer
 
     free = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=free_port()))
     assert (await check_web(free)).status == "ok"

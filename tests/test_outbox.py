@@ -15,8 +15,8 @@ import pytest
 
 from callguard.config import Config
 from callguard.errors import CrmAuthError, CrmRejectedError, CrmUnavailableError, RateLimitedError, SinkError
-from callguard.leads import Delivery, MissedCall
-from callguard.outbox import STOP_GRACE, OutboxWorker, backoff
+from callguard.leads.model import Delivery, MissedCall
+from callguard.leads.outbox import STOP_GRACE, OutboxWorker, backoff
 from callguard.store import Store
 from callguard.store.calls import CallRow
 from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (fresh_logging: autouse)
@@ -210,8 +210,8 @@ CHILD = textwrap.dedent(
     """
     import asyncio, os, sys, time
     from callguard.config import load_config
-    from callguard.leads import Delivery, MissedCall
-    from callguard.outbox import OutboxWorker
+    from callguard.leads.model import Delivery, MissedCall
+    from callguard.leads.outbox import OutboxWorker
     from callguard.store import Store
     from callguard.store.calls import CallRow
 

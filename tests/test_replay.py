@@ -13,16 +13,16 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from callguard.agi import AgiServer
-from callguard.ami import AmiClient
+from callguard.agi.server import AgiServer
+from callguard.ami.client import AmiClient
 from callguard.app import Service
-from callguard.callflow import CallFlow
-from callguard.calls import CallOutcome, CallTracker
+from callguard.calls.recorder import CallFlow
+from callguard.calls.tracker import CallOutcome, CallTracker
 from callguard.cli import main
 from callguard.config import Config
-from callguard.outbox import OutboxWorker
-from callguard.screen_service import ScreenService
-from callguard.screening import parse_schedule
+from callguard.leads.outbox import OutboxWorker
+from callguard.screening.rules import parse_schedule
+from callguard.screening.screener import ScreenService
 from callguard.store import Store
 from tests.fakes import asterisk_agi
 from tests.fakes.asterisk_ami import (  # noqa: F401 (fresh_logging: autouse)

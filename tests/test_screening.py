@@ -10,7 +10,7 @@ import pytest
 from callguard.config import HoursConfig, ScreeningConfig
 from callguard.errors import ConfigError
 from callguard.phone import normalise
-from callguard.screening import Verdict, decide, parse_schedule
+from callguard.screening.rules import Verdict, decide, parse_schedule
 from callguard.store.numbers import Contact, Lookup
 
 CLEAN_CONTACT = Contact("7", "Ivan", "Anna", False, "amocrm")

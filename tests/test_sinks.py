@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 
 from callguard.config import Config, WebhookSinkConfig
 from callguard.errors import RateLimitedError, SinkError
-from callguard.leads import MissedCall
-from callguard.outbox import OutboxWorker
-from callguard.sinks import SIGNATURE_HEADER, LogSink, WebhookSink, build_sink
+from callguard.leads.model import MissedCall
+from callguard.leads.outbox import OutboxWorker
+from callguard.leads.sinks import SIGNATURE_HEADER, LogSink, WebhookSink, build_sink
 from callguard.store import Store
 from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (autouse)
 from tests.test_outbox import Clock, add

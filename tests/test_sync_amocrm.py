@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from callguard.crm.amocrm import AmoCrm
 from callguard.errors import CrmAuthError
 from callguard.phone import normalise, to_e164
-from callguard.screening import Verdict, decide, parse_schedule
+from callguard.screening.rules import Verdict, decide, parse_schedule
 from callguard.store import Store
 from callguard.sync import SyncService
 from tests.crm_support import amo_config

@@ -15,8 +15,9 @@ import orjson
 import pytest
 import uvloop
 
-from callguard import rxtime, sdnotify, watchdog
-from callguard.agi import AgiServer, AgiSession
+from callguard import sdnotify, watchdog
+from callguard.agi import rxtime
+from callguard.agi.server import AgiServer, AgiSession
 from callguard.config import Config
 from callguard.errors import EXIT_STALLED
 from tests.fakes.asterisk_agi import load

@@ -17,14 +17,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
-from callguard.agi import AgiServer
-from callguard.ami import AmiClient
+from callguard.agi.server import AgiServer
+from callguard.ami.client import AmiClient
 from callguard.app import Runtime
 from callguard.config import Config, load_config
-from callguard.screen_service import ScreenService
-from callguard.screening import parse_schedule
+from callguard.screening.rules import parse_schedule
+from callguard.screening.screener import ScreenService
 from callguard.store import Store
-from callguard.web import WebApp, WebServer, is_loopback, secret_values, warn_if_exposed
+from callguard.web.server import WebApp, WebServer, is_loopback, secret_values, warn_if_exposed
 from tests.fakes.asterisk_ami import FakeAsterisk, Script
 
 TOKEN = "web-token-5f0e9c1d2b"
@@ -236,9 +236,9 @@ async def test_check_and_stats_api(tmp_path: Path) -> None:
 
 async def test_webhooks_are_exempt_from_the_bearer_token(tmp_path: Path) -> None:
     try:
-        import callguard.webhooks  # noqa: F401
+        import callguard.web.webhooks  # noqa: F401
     except ModuleNotFoundError:
-        pytest.skip("callguard.webhooks is not in this build: nothing to mount")
+        pytest.skip("callguard.web.webhooks is not in this build: nothing to mount")
     async with running(make_cfg(tmp_path)) as r:
         app: WebApp = r.web.webapp  # type: ignore[assignment]
         assert app.exempt, "add_routes mounted no route"

@@ -1,5 +1,5 @@
 """The HTTP server's connection bounds on a real loopback port: silent and slow clients are cut at the
-header timeout, idle keep-alive at the keep-alive timeout, and the cap holds (callguard.webconn)."""
+header timeout, idle keep-alive at the keep-alive timeout, and the cap holds (callguard.web.connections)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from structlog.testing import capture_logs
 
 from callguard import metrics
 from callguard.config import Config
-from callguard.webconn import REFUSAL
+from callguard.web.connections import REFUSAL
 from tests.test_web import make_cfg, running
 
 MARGIN = 5.0  # a loaded 2-core box: timers fire late, never early

@@ -17,10 +17,10 @@ from callguard.config import Config
 from callguard.crm.amocrm import AmoCrm
 from callguard.crm.bitrix24 import Bitrix24
 from callguard.phone import normalise
-from callguard.screening import decide, parse_schedule
+from callguard.screening.rules import decide, parse_schedule
 from callguard.store import Store
 from callguard.sync import SyncService
-from callguard.webhooks import add_routes
+from callguard.web.webhooks import add_routes
 from tests.crm_support import amo_config, b24_config
 from tests.fakes.amocrm import FakeAmo
 from tests.fakes.bitrix24 import FakeBitrix

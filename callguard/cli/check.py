@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from callguard.config import Config
-from callguard.screen_service import ScreenService
-from callguard.screening import parse_schedule
+from callguard.screening.rules import parse_schedule
+from callguard.screening.screener import ScreenService
 from callguard.store import Store
 from callguard.textsafe import dumps, visible
 

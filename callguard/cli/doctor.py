@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from callguard.amiwire import FrameFeeder, encode_action
+from callguard.ami.wire import FrameFeeder, encode_action
 from callguard.config import ENV_SECRETS, Config, load_config
 from callguard.errors import EXIT_FAILURE, EXIT_OK, AmiProtocolError, CrmAuthError, CrmError
 from callguard.store.migrations import LATEST

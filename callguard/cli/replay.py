@@ -14,8 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from callguard.amiwire import BANNER_PREFIX, FrameFeeder
-from callguard.calls import CallOutcome, CallTracker
+from callguard.ami.wire import BANNER_PREFIX, FrameFeeder
+from callguard.calls.tracker import CallOutcome, CallTracker
 from callguard.config import Config
 from callguard.errors import EXIT_FAILURE, EXIT_OK, AmiProtocolError
 from callguard.textsafe import dumps, visible

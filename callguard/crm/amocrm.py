@@ -24,7 +24,7 @@ from callguard.phone import to_e164
 
 if TYPE_CHECKING:
     from callguard.config import Config
-    from callguard.leads import MissedCall
+    from callguard.leads.model import MissedCall
     from callguard.store import Store
 
 log = structlog.get_logger("callguard.crm.amocrm")

@@ -16,7 +16,7 @@ from callguard.errors import CrmError
 
 if TYPE_CHECKING:
     from callguard.crm.amocrm import AmoCrm
-    from callguard.leads import MissedCall
+    from callguard.leads.model import MissedCall
 
 CALL_STATUS_NO_ANSWER = 6  # "did not get through / no answer": there is no missed note type (§1.7)
 # How far before the call a marker search starts: Unsorted ``created_at`` is the call's start.

@@ -25,7 +25,7 @@ from callguard.errors import CrmError
 
 if TYPE_CHECKING:
     from callguard.config import Config
-    from callguard.leads import MissedCall
+    from callguard.leads.model import MissedCall
 
 log = structlog.get_logger("callguard.crm.bitrix24")
 

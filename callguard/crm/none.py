@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from callguard.crm import Changes, CrmContact, LeadRef, Page
 from callguard.errors import CrmRejectedError
-from callguard.leads import MissedCall
+from callguard.leads.model import MissedCall
 
 
 class NoneCrm:

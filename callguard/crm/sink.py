@@ -15,7 +15,7 @@ import structlog
 
 from callguard.crm import CRM, CrmContact, build_crm
 from callguard.errors import ConfigError, CrmRejectedError, CrmUnavailableError
-from callguard.leads import Delivery, LeadSink, MissedCall
+from callguard.leads.model import Delivery, LeadSink, MissedCall
 
 if TYPE_CHECKING:
     from callguard.config import Config

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import structlog
 
-from callguard.amiwire import EOM, Frame, FrameFeeder, parse_stream
+from callguard.ami.wire import EOM, Frame, FrameFeeder, parse_stream
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TRACES = FIXTURES / "traces"

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callguard.amiwire import Frame, FrameFeeder, encode_action
+from callguard.ami.wire import Frame, FrameFeeder, encode_action
 
 ROOT = Path(__file__).resolve().parents[2]
 DIALPLAN = ROOT / "dialplan"

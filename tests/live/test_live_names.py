@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from callguard.amiwire import unescape
-from callguard.screen_service import commands_for
-from callguard.screening import Decision, Verdict
+from callguard.ami.wire import unescape
+from callguard.screening.rules import Decision, Verdict
+from callguard.screening.screener import commands_for
 from callguard.store.numbers import Contact
 from tests.fakes.asterisk_agi import channel_variables
 from tests.live.conftest import Service, seed_contacts

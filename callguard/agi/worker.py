@@ -1,6 +1,6 @@
 """An AGI worker process: screens calls on the listening socket it shares with its siblings.
 
-``agi_pool`` (the main process) starts ``python -m callguard.agi_worker LISTEN_FD LINK_FD FORMAT LEVEL``
+``agi_pool`` (the main process) starts ``python -m callguard.agi.worker LISTEN_FD LINK_FD FORMAT LEVEL``
 and writes the pickled ``Config`` to its stdin. The worker reads the cache through its own read-only
 SQLite connection and answers Asterisk exactly as the in-process server does; what the main process
 needs from it goes over LINK_FD, one JSON object per line (``encode_*``/``decode`` below):
@@ -35,13 +35,13 @@ import structlog
 
 from callguard import metrics, watchdog
 from callguard.config import Config
-from callguard.screening import Verdict
+from callguard.screening.rules import Verdict
 from callguard.store.screens import ScreenRecord
 
 if TYPE_CHECKING:
-    from callguard.agi import AgiServer
+    from callguard.agi.server import AgiServer
 
-log = structlog.get_logger("callguard.agi_worker")
+log = structlog.get_logger("callguard.agi.worker")
 
 STATS_INTERVAL = 0.5  # also the heartbeat the main process supervises (agi_pool.LINK_SILENCE)
 # A screen's record reaches the main process at most this late. The call tracker needs a verdict before
@@ -183,9 +183,9 @@ class LinkToMain(LinkEnd):
 
 
 async def serve(cfg: Config, listen_fd: int, link_fd: int) -> int:
-    from callguard.agi import AgiServer
-    from callguard.screen_service import ScreenService
-    from callguard.screening import parse_schedule
+    from callguard.agi.server import AgiServer
+    from callguard.screening.rules import parse_schedule
+    from callguard.screening.screener import ScreenService
     from callguard.store import Store
 
     loop = asyncio.get_running_loop()

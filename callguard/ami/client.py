@@ -33,11 +33,11 @@ from panoramisk.manager import Manager
 from panoramisk.message import Message
 
 from callguard import metrics
-from callguard.amiwire import Frame, FrameFeeder
+from callguard.ami.wire import Frame, FrameFeeder
 from callguard.config import AmiConfig
 from callguard.errors import AmiAuthError, AmiError, AmiProtocolError
 
-log = structlog.get_logger("callguard.ami")
+log = structlog.get_logger("callguard.ami.client")
 
 EventHandler = Callable[[Frame, float], None]
 # Event names counted by name in metrics; anything else is "other" (a peer cannot blow up the label set).

@@ -21,9 +21,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from callguard.amiwire import Frame, event_time, unescape
+from callguard.ami.wire import Frame, event_time, unescape
 from callguard.config import Config
-from callguard.leads import MissedCall
+from callguard.leads.model import MissedCall
 from callguard.phone import normalise
 from callguard.store.screens import ScreenRecord
 

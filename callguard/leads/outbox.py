@@ -26,11 +26,11 @@ import structlog
 from callguard import metrics
 from callguard.config import Config
 from callguard.errors import CallguardError, CrmAuthError, CrmRejectedError, RateLimitedError, SinkError
-from callguard.leads import Delivery, LeadSink, MissedCall
+from callguard.leads.model import Delivery, LeadSink, MissedCall
 from callguard.store import Store
 from callguard.store.outbox import OutboxItem
 
-log = structlog.get_logger("callguard.outbox")
+log = structlog.get_logger("callguard.leads.outbox")
 
 BATCH = 50
 STOP_GRACE = 5.0  # seconds a delivery in flight may finish after SIGTERM before it is cancelled

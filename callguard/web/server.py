@@ -3,7 +3,7 @@
 Thin handlers (STYLE.md rule 11): check auth, parse, call a service, return JSON. Liveness (``/healthz``:
 the loop answers) is apart from readiness (``/readyz``: the parts a call needs are up). A bearer token,
 when configured, guards every endpoint except the CRM webhooks, which carry their own authentication
-(callguard.webhooks). Bodies are scrubbed of configured secret values before they leave, as a last line
+(callguard.web.webhooks). Bodies are scrubbed of configured secret values before they leave, as a last line
 of defence: an error text quoting a URL with a key in it must not leak through ``/readyz``.
 """
 
@@ -26,9 +26,9 @@ from callguard import metrics
 from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
 from callguard.errors import BindError, ConfigError
-from callguard.webconn import BoundedFactory
+from callguard.web.connections import BoundedFactory
 
-log = structlog.get_logger("callguard.web")
+log = structlog.get_logger("callguard.web.server")
 
 READY_QUERY_TIMEOUT = 2.0
 # The sync counts as stale (reported, not fatal: calls are screened from the cache) after this many
@@ -88,9 +88,9 @@ class WebApp:
     def _mount_webhooks(self) -> None:
         try:
             # Written with the CRM sync; a build without it serves everything else.
-            webhooks = importlib.import_module("callguard.webhooks")
+            webhooks = importlib.import_module("callguard.web.webhooks")
         except ModuleNotFoundError as e:
-            if e.name != "callguard.webhooks":
+            if e.name != "callguard.web.webhooks":
                 raise
             return
         before = set(self.app.router.resources())
@@ -258,7 +258,7 @@ class WebServer:
                                keepalive_timeout=float(cfg.keepalive_timeout))
         await runner.setup()
         assert runner.server is not None
-        # Not TCPSite: the bounded factory (callguard.webconn) wraps aiohttp's protocol factory.
+        # Not TCPSite: the bounded factory (callguard.web.connections) wraps aiohttp's protocol factory.
         self._factory = BoundedFactory(runner.server, cfg.max_connections, float(cfg.header_timeout))
         try:
             self._listener = await asyncio.get_running_loop().create_server(self._factory, cfg.host, cfg.port)

@@ -20,12 +20,12 @@ import structlog
 
 from callguard.config import Config, WebhookSinkConfig
 from callguard.errors import RateLimitedError, SinkError
-from callguard.leads import Delivery, LeadSink, MissedCall
+from callguard.leads.model import Delivery, LeadSink, MissedCall
 
 if TYPE_CHECKING:
     from callguard.app import Runtime
 
-log = structlog.get_logger("callguard.sinks")
+log = structlog.get_logger("callguard.leads.sinks")
 SIGNATURE_HEADER = "X-Callguard-Signature"
 
 

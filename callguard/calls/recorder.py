@@ -16,14 +16,14 @@ from collections.abc import Callable
 import structlog
 
 from callguard import metrics
-from callguard.amiwire import Frame
-from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.ami.wire import Frame
+from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.store import Store
 from callguard.store.calls import CallRow
 from callguard.store.screens import ScreenRecord
 from callguard.throttle import LogThrottle
 
-log = structlog.get_logger("callguard.calls")
+log = structlog.get_logger("callguard.calls.tracker")
 
 SWEEP_MAX = 30.0
 STOP_BOUND = 10.0  # seconds to persist queued outcomes on SIGTERM (systemd's stop bound is larger)

@@ -28,7 +28,7 @@ from callguard import metrics
 if TYPE_CHECKING:
     from callguard.app import Runtime
 
-log = structlog.get_logger("callguard.webhooks")
+log = structlog.get_logger("callguard.web.webhooks")
 
 MAX_BODY = 64 * 1024  # a real delivery is a few KB; mass updates come as many deliveries
 MAX_FIELDS = 5000

@@ -29,7 +29,7 @@ from aiohttp import web
 from callguard import metrics
 from callguard.throttle import LogThrottle
 
-log = structlog.get_logger("callguard.web")
+log = structlog.get_logger("callguard.web.server")
 
 REFUSAL = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
 

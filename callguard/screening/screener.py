@@ -17,12 +17,12 @@ from typing import Any
 import structlog
 
 from callguard import metrics
-from callguard.agi import AgiSession
-from callguard.agiproto import set_variable, set_variables
+from callguard.agi.server import AgiSession
+from callguard.agi.wire import set_variable, set_variables
 from callguard.config import Config
 from callguard.errors import AgiProtocolError
 from callguard.phone import Kind, Phone, normalise
-from callguard.screening import Decision, Schedule, Verdict, decide
+from callguard.screening.rules import Decision, Schedule, Verdict, decide
 from callguard.store import Store
 from callguard.store.numbers import EMPTY
 from callguard.store.screens import ScreenRecord

@@ -36,15 +36,16 @@ import structlog
 
 import callguard
 from callguard import log as logsetup
-from callguard import metrics, rxtime, sdnotify
-from callguard.agi import BACKLOG
-from callguard.agi_worker import LinkEnd, Ready, Stats, decode
+from callguard import metrics, sdnotify
+from callguard.agi import rxtime
+from callguard.agi.server import BACKLOG
+from callguard.agi.worker import LinkEnd, Ready, Stats, decode
 from callguard.config import Config
 from callguard.errors import BindError, CallguardError
-from callguard.screen_service import ScreenService
+from callguard.screening.screener import ScreenService
 from callguard.store.screens import ScreenRecord
 
-log = structlog.get_logger("callguard.agi_pool")
+log = structlog.get_logger("callguard.agi.pool")
 
 START_TIMEOUT = 20.0  # a worker's Python start-up and imports, on a busy host
 STOP_GRACE = 2.0  # beyond agi.drain_seconds, before SIGKILL
@@ -52,7 +53,7 @@ RESTART_MIN = 0.5
 RESTART_MAX = 10.0
 STABLE_AFTER = 30.0  # a worker that ran this long restarts after RESTART_MIN again
 MAX_LINE = 1 << 20
-WORKER_MODULE = "callguard.agi_worker"
+WORKER_MODULE = "callguard.agi.worker"
 # A worker's stats come every agi_worker.STATS_INTERVAL (0.5 s). Silent this long past the worker's own
 # service.stall_timeout: SIGKILL, checked every LINK_CHECK. The default 1 + 0.5 s, plus one check,
 # closes a stopped worker's held calls within 1.75 s of its last beat.
@@ -341,7 +342,7 @@ def _listen(host: str, port: int) -> socket.socket:
     sock = socket.socket(family, kind, proto)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        rxtime.enable(sock)  # the workers' screens count from the first byte (callguard/rxtime.py)
+        rxtime.enable(sock)  # the workers' screens count from the first byte (callguard/agi/rxtime.py)
         sock.bind(addr)
         sock.listen(BACKLOG)
     except OSError as e:

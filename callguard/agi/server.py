@@ -27,12 +27,13 @@ from typing import cast
 import structlog
 from panoramisk import fast_agi
 
-from callguard import metrics, rxtime
-from callguard.agiproto import AgiReply, AgiRequest, parse_reply, parse_request
+from callguard import metrics
+from callguard.agi import rxtime
+from callguard.agi.wire import AgiReply, AgiRequest, parse_reply, parse_request
 from callguard.config import AgiConfig
 from callguard.errors import AgiProtocolError, BindError
 
-log = structlog.get_logger("callguard.agi")
+log = structlog.get_logger("callguard.agi.server")
 
 Endpoint = Callable[["AgiSession"], Awaitable[None]]
 BACKLOG = 512

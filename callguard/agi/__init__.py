@@ -1,0 +1,1 @@
+"""FastAGI: the wire format (pure) and the server."""

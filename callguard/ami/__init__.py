@@ -1,0 +1,1 @@
+"""AMI: the wire format (pure) and the one client that owns the link."""

@@ -1,0 +1,1 @@
+"""Missed-call leads: the model, the durable outbox and its log and webhook sinks."""

@@ -1,0 +1,1 @@
+"""Screening: the rules (pure) and the screener that applies them to a request."""

@@ -1,0 +1,1 @@
+"""The HTTP side: health, metrics, the API and CRM webhooks (aiohttp)."""
