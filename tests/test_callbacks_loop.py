@@ -165,6 +165,15 @@ def test_restart_mid_way_resumes_from_the_row() -> None:
     assert len(again) == 0
 
 
+def test_tick_limit_leaves_the_rest_due() -> None:
+    book = CallbackBook(CFG, ctx(Team("Ivan", "Petr")))
+    for i in range(5):
+        book.open(f"L{i}", f"+7{i}", T0)
+    assert len(book.tick(T0 + PAUSE, limit=2)) == 2
+    assert book.next_due() == T0 + PAUSE
+    assert len(book.tick(T0 + PAUSE)) == 3 and book.next_due() == T0 + 2 * PAUSE
+
+
 def test_book_routes_attempts_by_customer_and_freed_to_the_waiting() -> None:
     team = Team()
     team.on_duty = ["Ivan"]

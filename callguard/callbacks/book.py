@@ -85,10 +85,11 @@ class CallbackBook:
         self._put(result.callback)
         return result
 
-    def tick(self, now: float) -> list[Step]:
-        """Every call-back whose timer is due at ``now``."""
-        out = []
-        while self._heap and self._heap[0][0] <= now:
+    def tick(self, now: float, limit: int | None = None) -> list[Step]:
+        """The call-backs whose timer is due at ``now`` (at most ``limit``: the rest stay due for the next
+        tick, so a burst never holds the event loop long)."""
+        out: list[Step] = []
+        while self._heap and self._heap[0][0] <= now and (limit is None or len(out) < limit):
             due, key = heapq.heappop(self._heap)
             cb = self._open.get(key)
             if cb is None or cb.due != due:
@@ -144,10 +145,10 @@ def make_picker(presence: Presence, last_assigned: dict[str, float], rng: random
     roster = presence.roster
 
     def pick(cb: Callback, at: float) -> Choice:
-        on_duty = presence.on_duty(at)
+        free, on_duty = presence.snapshot(at)
         opens = [t for m in roster.managers if (t := m.next_on_duty(at)) is not None] if not on_duty else []
         return choose(
-            presence.free(at), on_duty=on_duty, previous=cb.manager or None, responsible=cb.responsible or None,
+            free, on_duty=on_duty, previous=cb.manager or None, responsible=cb.responsible or None,
             last_assigned=last_assigned, next_on_duty=min(opens, default=None), rng=rng,
         )
 

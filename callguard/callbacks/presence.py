@@ -120,23 +120,42 @@ class Presence:
 
     # --- queries ------------------------------------------------------------------------------------
 
+    def _mine(self, name: str) -> list[MemberState]:
+        return [s for owner, s in self._members.values() if owner == name]
+
     def logged_in(self, name: str) -> bool:
-        return any(owner == name and s.status not in NOT_LOGGED_IN for owner, s in self._members.values())
+        return any(s.status not in NOT_LOGGED_IN for s in self._mine(name))
 
     def in_call(self, name: str) -> bool:
-        return name in self._calls.values() or any(o == name and s.busy for o, s in self._members.values())
+        return name in self._calls.values() or any(s.busy for s in self._mine(name))
 
     def reachable(self, name: str) -> bool:
         """Logged in, not paused, not in a call (hours aside)."""
-        mine = [s for owner, s in self._members.values() if owner == name]
-        return any(s.available for s in mine) and not any(s.busy for s in mine) and name not in self._calls.values()
+        return name in self._reachable()
+
+    def _reachable(self) -> set[str]:
+        ok: set[str] = set()
+        busy = set(self._calls.values())
+        for owner, s in self._members.values():
+            if s.busy:
+                busy.add(owner)
+            elif s.available:
+                ok.add(owner)
+        return ok - busy
 
     def free(self, now: float) -> list[str]:
         """Managers free at ``now`` (epoch seconds), in roster order."""
-        return [m.name for m in self.roster.managers if m.on_duty(now) and self.reachable(m.name)]
+        ok = self._reachable()
+        return [m.name for m in self.roster.managers if m.name in ok and m.on_duty(now)]
 
     def on_duty(self, now: float) -> list[str]:
         return [m.name for m in self.roster.managers if m.on_duty(now)]
+
+    def snapshot(self, now: float) -> tuple[list[str], list[str]]:
+        """(free, on duty) at ``now`` in one pass over the hours: what the picker asks per decision."""
+        on_duty = self.on_duty(now)
+        ok = self._reachable()
+        return [n for n in on_duty if n in ok], on_duty
 
     def members(self) -> dict[tuple[str, str], tuple[str, MemberState]]:
         return dict(self._members)
