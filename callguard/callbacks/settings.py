@@ -1,0 +1,179 @@
+"""``[callback]`` config: frozen dataclasses in config.py's conventions, ready to hang off ``Config``.
+
+```toml
+[callback]
+enabled = true
+pause = "10m"            # untouched this long after an assignment → hand on to another manager
+max_handoffs = 3         # hand-ons before the head of sales gets it (escalation)
+sla = "15m"              # a call-back within this of the miss counts as within SLA (stats)
+queues = ["sales"]       # queue membership that counts for "logged in" (empty: any queue)
+[callback.head]
+name = "Olga"
+crm_user_id = 7
+[[callback.managers]]
+name = "Ivan"
+crm_user_id = 101
+devices = ["PJSIP/101", "Local/101@agents"]
+timezone = "Europe/Moscow"
+days = { mon = "09:00-18:00", tue = "09:00-18:00" }
+```
+``parse_roster`` turns it into a ``Roster`` (hours parsed with screening's ``parse_schedule``), raising
+``ConfigError`` with the dotted key, so a bad roster stops the service before the loop starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from callguard.config import Duration, HoursConfig
+from callguard.errors import ConfigError
+from callguard.screening import DAYS, Schedule, parse_schedule
+
+_WEEKDAYS = {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
+# A channel is named after its device plus a unique suffix: PJSIP/101-0000000a, SIP/101-0000000a,
+# Local/101@agents-00000008;1 (main/channel.c ast_channel_alloc: "<tech>/<resource>-<8 hex>").
+_CHANNEL_SUFFIX = re.compile(r"-[0-9a-f]{8}(;[12])?$")
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    name: str = ""
+    crm_user_id: int = 0
+    # Queue member interfaces and phones: "PJSIP/101", "Local/101@agents" (as QueueStatus shows them).
+    devices: list[str] = field(default_factory=list)
+    # Caller IDs their phones dial out with; empty = the digits of each device ("PJSIP/101" → "101").
+    extensions: list[str] = field(default_factory=list)
+    timezone: str = "Europe/Moscow"
+    days: dict[str, str] = field(default_factory=lambda: dict(_WEEKDAYS))
+    holidays: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    name: str = ""
+    crm_user_id: int = 0
+    notify: bool = True  # tell the head of every assignment, not only of escalations
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    enabled: bool = False
+    pause: Duration = Duration(600.0)
+    max_handoffs: int = 3
+    sla: Duration = Duration(900.0)
+    # After a failed CRM call the step is tried again this much later (never a second hand-on).
+    crm_retry: Duration = Duration(60.0)
+    queues: list[str] = field(default_factory=list)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    managers: list[ManagerConfig] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Manager:
+    name: str
+    crm_user_id: int
+    devices: frozenset[str]
+    extensions: frozenset[str]
+    schedule: Schedule
+
+    def on_duty(self, now: float) -> bool:
+        return self.schedule.is_open("", datetime.fromtimestamp(now, self.schedule.tz))
+
+    def next_on_duty(self, now: float, horizon_days: int = 14) -> float | None:
+        """The first moment at or after ``now`` within hours (None: closed for ``horizon_days``)."""
+        return next_open(self.schedule, now, horizon_days)
+
+
+@dataclass(frozen=True)
+class Roster:
+    managers: tuple[Manager, ...]
+    head: HeadConfig
+    queues: frozenset[str]
+    by_device: dict[str, str]
+    by_extension: dict[str, str]
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(m.name for m in self.managers)
+
+    def get(self, name: str) -> Manager | None:
+        return next((m for m in self.managers if m.name == name), None)
+
+    def by_crm_user(self, user_id: int) -> str | None:
+        return next((m.name for m in self.managers if m.crm_user_id == user_id), None)
+
+    def owner(self, channel: str, callerid: str = "") -> str | None:
+        """The manager a channel belongs to: by its device, else by the caller ID it dials out with."""
+        name = self.by_device.get(device_of(channel))
+        return name if name is not None else self.by_extension.get(callerid)
+
+
+def device_of(channel: str) -> str:
+    """``PJSIP/101-0000000a`` → ``PJSIP/101``; ``Local/101@agents-00000008;1`` → ``Local/101@agents``."""
+    return _CHANNEL_SUFFIX.sub("", channel)
+
+
+def _extension_of(device: str) -> str | None:
+    resource = device.partition("/")[2].partition("@")[0]
+    return resource if resource.isdigit() else None
+
+
+def next_open(schedule: Schedule, now: float, horizon_days: int = 14) -> float | None:
+    if schedule.is_open("", datetime.fromtimestamp(now, schedule.tz)):
+        return now
+    local = datetime.fromtimestamp(now, schedule.tz)
+    for offset in range(horizon_days + 1):
+        day = (local + timedelta(days=offset)).date()
+        if day in schedule.holidays:
+            continue
+        for start, _end in sorted(schedule.days.get(DAYS[day.weekday()], ())):
+            at = datetime.combine(day, start, schedule.tz)
+            if at.timestamp() > now:
+                return at.timestamp()
+    return None
+
+
+def _manager(cfg: ManagerConfig, key: str) -> Manager:
+    if not cfg.name:
+        raise ConfigError("every manager needs a name", f"{key}.name")
+    if not cfg.devices:
+        raise ConfigError("list the manager's queue interface(s) or phone(s)", f"{key}.devices")
+    hours = HoursConfig(enabled=True, timezone=cfg.timezone, days=cfg.days, holidays=cfg.holidays)
+    try:
+        schedule = parse_schedule(hours)
+    except ConfigError as e:
+        raise ConfigError(str(e).removeprefix(f"{e.key}: "), f"{key}.{(e.key or 'days').removeprefix('hours.')}") from e
+    except (KeyError, ValueError) as e:  # ZoneInfo: unknown zone
+        raise ConfigError(f"unknown time zone {cfg.timezone!r}", f"{key}.timezone") from e
+    exts = cfg.extensions or [x for x in map(_extension_of, cfg.devices) if x]
+    return Manager(cfg.name, cfg.crm_user_id, frozenset(cfg.devices), frozenset(exts), schedule)
+
+
+def parse_roster(cfg: CallbackConfig) -> Roster:
+    """Check ``[callback]`` and build the roster; raise ``ConfigError`` naming the bad key."""
+    if cfg.pause <= 0 or cfg.crm_retry <= 0:
+        raise ConfigError("callback.pause and callback.crm_retry must be positive", "callback")
+    if cfg.max_handoffs < 0:
+        raise ConfigError("cannot be negative", "callback.max_handoffs")
+    managers, by_device, by_ext = [], {}, {}
+    for i, mc in enumerate(cfg.managers):
+        key = f"callback.managers[{i}]"
+        m = _manager(mc, key)
+        if m.name in (x.name for x in managers):
+            raise ConfigError(f"duplicate manager name {m.name!r}", f"{key}.name")
+        for table, values, what in ((by_device, m.devices, "devices"), (by_ext, m.extensions, "extensions")):
+            for v in values:
+                if table.setdefault(v, m.name) != m.name:
+                    raise ConfigError(f"{v!r} belongs to {table[v]!r} too", f"{key}.{what}")
+        managers.append(m)
+    if cfg.enabled and not managers:
+        raise ConfigError("callback.enabled needs at least one [[callback.managers]]", "callback.managers")
+    return Roster(tuple(managers), cfg.head, frozenset(cfg.queues), by_device, by_ext)
+
+
+def with_pause(cfg: CallbackConfig, pause: float) -> CallbackConfig:
+    """The same config with another pause (the simulator's compressed clock)."""
+    return dataclasses.replace(cfg, pause=Duration(pause))
