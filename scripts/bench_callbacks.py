@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from callguard.amiwire import Frame, parse_stream
+from callguard.ami.wire import Frame, parse_stream
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector
 from callguard.callbacks.loop import Attempt

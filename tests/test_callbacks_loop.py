@@ -224,3 +224,13 @@ def test_random_inputs_keep_the_invariants(script: list[tuple[str, float]], seed
         assigned = [a.manager for a in s.actions if a.kind == "assign" and a.detail == "handed_on"]
         if assigned and len(team.free) > 1:
             assert assigned[0] != before.manager  # not the same twice in a row when another is free
+
+
+def test_a_crm_failure_after_the_call_back_rearms_nothing() -> None:
+    # found by hypothesis: opened, then an attempt, then the CRM write of the (superseded) assignment
+    # failed — the retry timer came back on a call-back that had already happened
+    team = Team("Ivan", "Petr", "Anna", seed=0)
+    cb = step(fresh(), LeadOpened(T0), ctx(team)).callback
+    cb = step(cb, Attempt(T0, "Ivan", False), ctx(team)).callback
+    s = step(cb, CrmFailed(T0, cb.epoch), ctx(team))
+    assert s.callback.state is State.ATTEMPTED and s.callback.due is None and not s.actions

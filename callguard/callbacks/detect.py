@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from callguard.amiwire import Frame
+from callguard.ami.wire import Frame
 from callguard.callbacks.settings import Roster
 from callguard.phone import Kind, normalise
 

@@ -199,7 +199,9 @@ def step(cb: Callback, event: Event, ctx: Context) -> Step:
             return _talked(cb, event.at, State.GOT_THROUGH, "customer_got_through", cb.by)
         case CrmChanged():
             return _crm_changed(cb, event)
-        case CrmFailed() if event.epoch == cb.epoch and cb.epoch:
+        # Only an assignment the loop still waits on is retried: once a manager has called back
+        # (attempted), a failed CRM write of the superseded assignment re-arms nothing.
+        case CrmFailed() if event.epoch == cb.epoch and cb.epoch and (cb.state in TIMED or cb.state is State.ESCALATED):
             kind = "escalate" if cb.state is State.ESCALATED else "assign"
             due = event.at + ctx.cfg.crm_retry
             nxt = dataclasses.replace(cb, crm_pending=kind, due=due)

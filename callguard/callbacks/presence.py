@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from callguard.amiwire import Frame
+from callguard.ami.wire import Frame
 from callguard.callbacks.settings import Roster
 
 NOT_LOGGED_IN = frozenset({4, 5})

@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 
 from callguard.config import Duration, HoursConfig
 from callguard.errors import ConfigError
-from callguard.screening import DAYS, Schedule, parse_schedule
+from callguard.screening.rules import DAYS, Schedule, parse_schedule
 
 _WEEKDAYS = {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
 # A channel is named after its device plus a unique suffix: PJSIP/101-0000000a, SIP/101-0000000a,

@@ -14,13 +14,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from callguard.amiwire import Frame, FrameFeeder
+from callguard.ami.wire import Frame, FrameFeeder
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector, CallbackAttempt
 from callguard.callbacks.loop import Action, Attempt, Step
 from callguard.callbacks.presence import Presence
 from callguard.callbacks.settings import CallbackConfig, parse_roster, with_pause
-from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.config import Config
 
 MAX_TAIL_STEPS = 10_000
