@@ -21,6 +21,7 @@ import pytest
 from callguard.amiwire import Frame
 from callguard.asterisk_records import parse_tree
 from callguard.reconcile import plan
+from tests.live.conftest import _binary
 from tests.live.lab import Ami, Lab, free_port
 
 pytestmark = pytest.mark.live
@@ -35,7 +36,8 @@ CALLS: dict[str, tuple[str, str, dict[str, str], int, int]] = {
     "s06_agi_down_failopen": ("5551000", "+15551230005", {}, 30000, 2),
     "s10_short_hangup_before_queue": ("5551000", "+15551239999", {}, 2000, 2),
     "s13_ringgroup_noanswer": ("5552000", "+15551230022", {
-        "__CG_AGENT": "noanswer", "CALLGUARD_DIAL": "Local/101@agents&Local/102@agents", "CALLGUARD_DIAL_TIMEOUT": "4"}, 30000, 2),
+        "__CG_AGENT": "noanswer", "CALLGUARD_DIAL": "Local/101@agents&Local/102@agents",
+        "CALLGUARD_DIAL_TIMEOUT": "4"}, 30000, 2),
     "s14_direct_busy": ("5553000", "+15551230023", {
         "__CG_AGENT": "busy", "CALLGUARD_DIAL": "Local/103@agents"},
         30000, 2),
@@ -50,7 +52,8 @@ EXPECTED = {
     "s01_spam_blocked": ("spam", "screened"), "s02_clean_answered": ("answered", "queue"),
     "s03_queue_timeout": ("missed", "timeout"), "s04_caller_abandon": ("missed", "abandoned"),
     "s05_queue_no_members": ("missed", "no_agents"), "s06_agi_down_failopen": ("answered", "queue"),
-    "s10_short_hangup_before_queue": ("missed", "hangup_before_queue"), "s13_ringgroup_noanswer": ("missed", "no_answer"),
+    "s10_short_hangup_before_queue": ("missed", "hangup_before_queue"),
+    "s13_ringgroup_noanswer": ("missed", "no_answer"),
     "s14_direct_busy": ("missed", "busy"), "x_dial_answered": ("answered", "dial"),
     "x_after_hours": ("missed", "after_hours"), "x_hostile_caller_id": ("answered", "queue"),
 }
@@ -109,15 +112,20 @@ async def _db_tree(ami: Ami) -> tuple[list[Frame], bytes]:
     return got, raw
 
 
-async def test_every_ending_leaves_one_record_that_says_what_the_tracker_says(tmp_path: Path) -> None:
-    from tests.live.conftest import _binary
+def _save(out: Path, raw: bytes, lids: dict[str, str]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "calls.dbgettree.ami.txt").write_bytes(raw)
+    (out / "scenarios.json").write_text(json.dumps(lids, indent=1, sort_keys=True) + "\n")
 
+
+async def test_every_ending_leaves_one_record_that_says_what_the_tracker_says(tmp_path: Path) -> None:
+    binary = _binary()  # skips without an Asterisk, before anything is opened
     server = await asyncio.start_server(_agi, "127.0.0.1", 0)
     agi_port = server.sockets[0].getsockname()[1]
-    lab = Lab(_binary(), tmp_path / "asterisk", agi_port=agi_port, ami_port=free_port())
-    lab.start()
+    lab = Lab(binary, tmp_path / "asterisk", agi_port=agi_port, ami_port=free_port())
     ami = Ami()
     try:
+        lab.start()
         await ami.connect(lab.ami_port)
         names = [n for n in CALLS if n != "s06_agi_down_failopen"]
         lids = dict(zip(names, await asyncio.gather(*(_call(ami, n) for n in names)), strict=True))
@@ -130,10 +138,10 @@ async def test_every_ending_leaves_one_record_that_says_what_the_tracker_says(tm
     finally:
         await ami.close()
         lab.stop()
+        server.close()
+        await server.wait_closed()
     if out := os.environ.get("CALLGUARD_RECORD_ASTDB"):
-        Path(out).mkdir(parents=True, exist_ok=True)
-        (Path(out) / "calls.dbgettree.ami.txt").write_bytes(raw)
-        (Path(out) / "scenarios.json").write_text(json.dumps(lids, indent=1, sort_keys=True) + "\n")
+        _save(Path(out), raw, lids)
     records, rejected = parse_tree(frames)
     assert rejected == []
     by_lid = {r.linkedid: r for r in records}
