@@ -59,13 +59,23 @@ CALLGUARD_QUEUE_TIMEOUT = 20
 exten => _X.,1,Goto(callguard-inbound,${{EXTEN}},1)
 exten => _+X.,1,Goto(callguard-inbound,${{EXTEN}},1)
 exten => s,1,Goto(callguard-inbound,s,1)
+; DIDs that ring people directly (ring group 5552000, one extension 5553000): CALLGUARD_DIAL comes with the call
+exten => _555[23]000,1,Set(CALLGUARD_CLEAN_TARGET=callguard-dial,s,1)
+ same => n,Goto(callguard-inbound,${{EXTEN}},1)
 
+; a member answers after 1 s unless the call carries __CG_AGENT = noanswer | busy (inherited through Queue/Dial)
 [agents]
-exten => _10X,1,Ringing()
+exten => _10X,1,GotoIf($["${{CG_AGENT}}" = "noanswer"]?noanswer)
+ same => n,GotoIf($["${{CG_AGENT}}" = "busy"]?busy)
+ same => n,Ringing()
  same => n,Wait(1)
  same => n,Answer()
  same => n,Wait(3)
  same => n,Hangup()
+ same => n(noanswer),Ringing()
+ same => n,Wait(120)
+ same => n,Hangup()
+ same => n(busy),Busy(3)
 
 #include extensions_callguard.conf
 """

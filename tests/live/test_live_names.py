@@ -27,7 +27,7 @@ pytestmark = pytest.mark.live
 
 # What the shipped dialplan and this lab's own contexts may run; anything else means CRM data ran.
 DIALPLAN_APPS = {"NoOp", "Set", "Goto", "GotoIf", "Ringing", "Gosub", "AGI", "Return", "Queue", "UserEvent",
-                 "Hangup", "Wait", "Answer", "AppDial2"}
+                 "Hangup", "Wait", "Answer", "AppDial2", "DBdeltree"}
 
 
 def hostile_names(tmp: Path) -> list[str]:
