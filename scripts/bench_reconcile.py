@@ -16,9 +16,9 @@ import random
 import time
 import tracemalloc
 
-from callguard.amiwire import FrameFeeder
-from callguard.asterisk_records import bucket_of, parse_tree
-from callguard.reconcile import plan
+from callguard.ami.wire import FrameFeeder
+from callguard.calls.reconcile import plan
+from callguard.calls.records import bucket_of, parse_tree
 
 # (verdict, stage, QUEUESTATUS, ABANDONED, DIALSTATUS, answered, cause) as recorded live
 SHAPES = [

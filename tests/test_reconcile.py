@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from callguard.amiwire import FrameFeeder
-from callguard.asterisk_records import (
+from callguard.ami.wire import FrameFeeder
+from callguard.calls.reconcile import Action, Rules, missing_leads, plan
+from callguard.calls.records import (
     CallRecord,
     Rejected,
     bucket_of,
@@ -20,9 +21,8 @@ from callguard.asterisk_records import (
     parse_entry,
     parse_tree,
 )
-from callguard.calls import CallOutcome, CallTracker, Outcome
+from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.config import Config
-from callguard.reconcile import Action, Rules, missing_leads, plan
 from tests.conftest import FIXTURES
 from tests.fakes.asterisk_ami import EXPECTED, frames, fresh_logging, relabel  # noqa: F401 (fresh_logging: autouse)
 

@@ -25,7 +25,7 @@ class MissedCall:
     # Set by the outbox for a repeat miss inside missed.dedupe_window: the open lead to add to.
     open_lead_ref: str = ""
     misses: int = 1  # how many misses this lead now counts, this one included
-    reconciled: bool = False  # rebuilt from Asterisk's own record after a gap (callguard/reconcile.py)
+    reconciled: bool = False  # rebuilt from Asterisk's own record after a gap (callguard/calls/reconcile.py)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

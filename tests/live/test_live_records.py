@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from callguard.amiwire import Frame
-from callguard.asterisk_records import parse_tree
-from callguard.reconcile import plan
+from callguard.ami.wire import Frame
+from callguard.calls.reconcile import plan
+from callguard.calls.records import parse_tree
 from tests.live.conftest import _binary
 from tests.live.lab import Ami, Lab, free_port
 

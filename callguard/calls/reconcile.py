@@ -1,4 +1,4 @@
-"""Reconciliation, pure: Asterisk's call records (asterisk_records.py) against what callguard recorded.
+"""Reconciliation, pure: Asterisk's call records (records.py) against what callguard recorded.
 
 Given the records of the calls that ended since T, the Linkedids callguard already settled (a calls row,
 or an outcome the tracker produced from complete events) and the Linkedids still in progress, ``plan``
@@ -21,9 +21,9 @@ from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from callguard.asterisk_records import CallRecord, Rejected
-from callguard.calls import DIAL_REASONS, QUEUE_REASONS, CallOutcome, Outcome
-from callguard.leads import MissedCall
+from callguard.calls.records import CallRecord, Rejected
+from callguard.calls.tracker import DIAL_REASONS, QUEUE_REASONS, CallOutcome, Outcome
+from callguard.leads.model import MissedCall
 from callguard.phone import normalise
 from callguard.store.screens import ScreenRecord
 
