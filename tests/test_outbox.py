@@ -16,7 +16,7 @@ import pytest
 from callguard.config import Config
 from callguard.errors import CrmAuthError, CrmRejectedError, CrmUnavailableError, RateLimitedError, SinkError
 from callguard.leads.model import Delivery, MissedCall
-from callguard.leads.outbox import STOP_GRACE, OutboxWorker, backoff
+from callguard.leads.outbox import STOP_GRACE, OutboxWorker
 from callguard.store import Store
 from callguard.store.calls import CallRow
 from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (fresh_logging: autouse)
@@ -163,11 +163,24 @@ async def test_rate_limit_honours_retry_after(cfg: Config, store: Store) -> None
     assert item is not None and item.state == "pending" and item.next_at - clock() == pytest.approx(120.0)
 
 
-def test_backoff_is_capped_and_jittered() -> None:
-    assert backoff(1, 5, 900, lambda: 1.0) == 5
-    assert backoff(3, 5, 900, lambda: 1.0) == 20
-    assert backoff(50, 5, 900, lambda: 1.0) == 900
-    assert backoff(50, 5, 900, lambda: 0.0) == 450
+@pytest.mark.parametrize(("rng", "waits"), [(1.0, [5.0, 10.0, 20.0, 40.0]), (0.0, [2.5, 5.0, 10.0, 20.0])])
+async def test_backoff_is_capped_and_jittered(
+    cfg: Config, store: Store, rng: float, waits: list[float]
+) -> None:
+    """The first retry waits ``backoff_base`` (callguard.backoff counts it as attempt 0), each next one
+    twice as long, jittered down to half; the cap is in test_transient_failures_back_off_then_dead_letter."""
+    clock = Clock()
+    await add(store, "L1", clock)
+    cfg = dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, backoff_base=5.0, backoff_cap=900.0))
+    w = OutboxWorker(cfg, store, RecordingSink(*[OSError("refused")] * 4), clock=clock, rng=lambda: rng)
+    got = []
+    for _ in waits:
+        assert await w.run_once() == 1
+        item = await store.outbox.get("L1")
+        assert item is not None and item.state == "pending"
+        got.append(item.next_at - clock())
+        clock.t = item.next_at
+    assert got == waits
 
 
 async def test_repeat_miss_goes_to_the_open_lead(cfg: Config, store: Store) -> None:
