@@ -236,7 +236,8 @@ class AmiClient:
         self.events += 1
         self.last_event_at = now
         name = frame.get("Event", "")
-        # counted locally, published in batches: a labelled prometheus inc() per event cost ~3 µs
+        # counted locally, published in batches: a labelled prometheus inc() costs 3.8 µs, a dict count
+        # 0.33 µs (timeit, here); at bench_ami's ≥ 30,000 events/s that is a tenth of the loop's time
         key = name if name in COUNTED_EVENTS else "other"
         self._by_event[key] = self._by_event.get(key, 0) + 1
         if self.events % 1024 == 0:
