@@ -77,7 +77,7 @@ def _missed_call_parts(rt: Runtime, screener: Any) -> list[Part]:
     from callguard.leads.outbox import OutboxWorker
     from callguard.leads.sinks import build_sink
 
-    worker = OutboxWorker(rt.cfg, rt.store, build_sink(rt.cfg, rt))
+    worker = OutboxWorker(rt.cfg, rt.store, build_sink(rt.cfg, rt.store))
     parts: list[Part] = [worker]
     if rt.cfg.ami.enabled:
         from callguard.ami.client import AmiClient

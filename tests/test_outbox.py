@@ -16,57 +16,10 @@ import pytest
 from callguard.config import Config
 from callguard.errors import CrmAuthError, CrmRejectedError, CrmUnavailableError, RateLimitedError, SinkError
 from callguard.leads.model import Delivery, MissedCall
-from callguard.leads.outbox import STOP_GRACE, OutboxWorker, backoff
+from callguard.leads.outbox import STOP_GRACE, OutboxWorker
 from callguard.store import Store
-from callguard.store.calls import CallRow
 from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (fresh_logging: autouse)
-
-
-class Clock:
-    def __init__(self, t: float = 1_800_000_000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-class RecordingSink:
-    """A sink that remembers what it took; ``failures`` are raised first, in order."""
-
-    name = "rec"
-
-    def __init__(self, *failures: BaseException, known: dict[str, Delivery] | None = None) -> None:
-        self.failures = list(failures)
-        self.calls: list[MissedCall] = []
-        self.known = known or {}
-        self.closed = False
-        self.got = asyncio.Event()
-
-    async def deliver(self, call: MissedCall) -> Delivery:
-        if self.failures:
-            raise self.failures.pop(0)
-        self.calls.append(call)
-        self.got.set()
-        ref = call.open_lead_ref or f"lead-{len(self.calls)}"
-        return Delivery(ref, repeat=bool(call.open_lead_ref))
-
-    async def find_delivered(self, call: MissedCall) -> Delivery | None:
-        return self.known.get(call.linkedid)
-
-    async def close(self) -> None:
-        self.closed = True
-
-
-def row(linkedid: str, caller: str = "+79123456789", outcome: str = "missed") -> CallRow:
-    return CallRow(linkedid, linkedid + "1", caller, "5551000", "clean", outcome, "timeout", 100.0, 120.0, 20.0)
-
-
-def lead(linkedid: str, caller: str = "+79123456789") -> dict[str, object]:
-    return MissedCall(linkedid, caller, "5551000", "timeout", 100.0, 120.0, 20.0).to_json()
-
-
-async def add(store: Store, linkedid: str, clock: Clock, caller: str = "+79123456789") -> bool:
-    return await store.calls.record(row(linkedid, caller), lead(linkedid, caller), clock())
+from tests.fakes.leads import Clock, RecordingSink, add, lead, row
 
 
 def worker(cfg: Config, store: Store, sink: RecordingSink, clock: Clock, **outbox: object) -> OutboxWorker:
@@ -163,11 +116,24 @@ async def test_rate_limit_honours_retry_after(cfg: Config, store: Store) -> None
     assert item is not None and item.state == "pending" and item.next_at - clock() == pytest.approx(120.0)
 
 
-def test_backoff_is_capped_and_jittered() -> None:
-    assert backoff(1, 5, 900, lambda: 1.0) == 5
-    assert backoff(3, 5, 900, lambda: 1.0) == 20
-    assert backoff(50, 5, 900, lambda: 1.0) == 900
-    assert backoff(50, 5, 900, lambda: 0.0) == 450
+@pytest.mark.parametrize(("rng", "waits"), [(1.0, [5.0, 10.0, 20.0, 40.0]), (0.0, [2.5, 5.0, 10.0, 20.0])])
+async def test_backoff_is_capped_and_jittered(
+    cfg: Config, store: Store, rng: float, waits: list[float]
+) -> None:
+    """The first retry waits ``backoff_base`` (callguard.backoff counts it as attempt 0), each next one
+    twice as long, jittered down to half; the cap is in test_transient_failures_back_off_then_dead_letter."""
+    clock = Clock()
+    await add(store, "L1", clock)
+    cfg = dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, backoff_base=5.0, backoff_cap=900.0))
+    w = OutboxWorker(cfg, store, RecordingSink(*[OSError("refused")] * 4), clock=clock, rng=lambda: rng)
+    got = []
+    for _ in waits:
+        assert await w.run_once() == 1
+        item = await store.outbox.get("L1")
+        assert item is not None and item.state == "pending"
+        got.append(item.next_at - clock())
+        clock.t = item.next_at
+    assert got == waits
 
 
 async def test_repeat_miss_goes_to_the_open_lead(cfg: Config, store: Store) -> None:

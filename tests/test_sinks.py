@@ -20,7 +20,7 @@ from callguard.leads.outbox import OutboxWorker
 from callguard.leads.sinks import SIGNATURE_HEADER, LogSink, WebhookSink, build_sink
 from callguard.store import Store
 from tests.fakes.asterisk_ami import fresh_logging  # noqa: F401 (autouse)
-from tests.test_outbox import Clock, add
+from tests.fakes.leads import Clock, add
 
 CALL = MissedCall("1795435962.104", "+15551230003", "5551000", "abandoned", 10.0, 17.0, 7.0, caller_name="Carol")
 SECRET = "s3cret-webhook-key"
@@ -93,7 +93,7 @@ async def test_webhook_repeat_goes_to_the_open_lead(receiver: Receiver) -> None:
 
 
 @pytest.mark.parametrize(("status", "permanent"), [(500, False), (503, False), (408, False), (400, True),
-                                                    (404, True), (410, True)])
+                                                    (401, True), (403, True), (404, True), (410, True)])
 async def test_webhook_errors_say_whether_a_retry_can_help(receiver: Receiver, status: int, permanent: bool) -> None:
     receiver.script = [(status, '{"error": "x"}', 0.0)]
     sink = hook(receiver)

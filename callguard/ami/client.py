@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -32,7 +31,7 @@ from panoramisk.ami_protocol import AMIProtocol
 from panoramisk.manager import Manager
 from panoramisk.message import Message
 
-from callguard import metrics
+from callguard import backoff, metrics, tasks
 from callguard.ami.wire import Frame, FrameFeeder
 from callguard.config import AmiConfig
 from callguard.errors import AmiAuthError, AmiError, AmiProtocolError
@@ -139,7 +138,7 @@ class AmiClient:
     # --- lifecycle --------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self.run(), name="ami-link")
+        self._task = tasks.spawn(self.run(), name="ami-link")
 
     async def stop(self) -> None:
         """Stop intake: log off politely (bounded), close, end the reconnect loop."""
@@ -149,14 +148,11 @@ class AmiClient:
                 await asyncio.wait_for(self.manager.send_action({"Action": "Logoff"}), LOGOFF_TIMEOUT)
         self._close()
         self.publish_counts()
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await tasks.stop(self._task)
+        self._task = None
 
     async def run(self) -> None:
-        """The one owner of reconnects."""
+        """The one owner of reconnects; ``attempt`` counts from 0 = the first retry (``backoff.delay``)."""
         attempt = 0
         while not self._stopping:
             try:
@@ -175,17 +171,12 @@ class AmiClient:
                 self._close()
             if self._stopping:
                 return
-            delay = self.backoff(attempt)
+            delay = backoff.delay(attempt, float(self.cfg.reconnect_min), float(self.cfg.reconnect_max))
             attempt += 1
             self.reconnects += 1
             metrics.AMI_RECONNECTS.inc()
             log.info("ami_reconnect_scheduled", attempt=attempt, delay_s=round(delay, 2), error=self.last_error)
             await asyncio.sleep(delay)
-
-    def backoff(self, attempt: int) -> float:
-        """Exponential, capped, with jitter so a PBX restart is not met by every client at once."""
-        base = min(float(self.cfg.reconnect_max), float(self.cfg.reconnect_min) * (2 ** min(attempt, 30)))
-        return base * (0.5 + random.random() / 2)
 
     # --- one session --------------------------------------------------------------------------------
 
@@ -214,13 +205,11 @@ class AmiClient:
         log.info("ami_logged_in", user=self.cfg.username, version=self.version, logins=self.logins)
 
     async def _serve(self) -> None:
-        pinger = asyncio.create_task(self._pinger(), name="ami-ping")
+        pinger = tasks.spawn(self._pinger(), name="ami-ping")
         try:
             await self._down.wait()
         finally:
-            pinger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pinger
+            await tasks.stop(pinger)
         if not self._stopping:
             log.warning("ami_link_lost", error=self.last_error or "closed by peer")
             if self.on_link_lost is not None:
@@ -247,7 +236,8 @@ class AmiClient:
         self.events += 1
         self.last_event_at = now
         name = frame.get("Event", "")
-        # counted locally, published in batches: a labelled prometheus inc() per event cost ~3 µs
+        # counted locally, published in batches: a labelled prometheus inc() costs 3.8 µs, a dict count
+        # 0.33 µs (timeit, here); at bench_ami's ≥ 30,000 events/s that is a tenth of the loop's time
         key = name if name in COUNTED_EVENTS else "other"
         self._by_event[key] = self._by_event.get(key, 0) + 1
         if self.events % 1024 == 0:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-from itertools import repeat
 
 from callguard.errors import AmiProtocolError
 
@@ -50,21 +49,11 @@ def parse_banner(line: bytes | str) -> str:
 
 def parse_frame(data: bytes | str) -> Frame:
     """One message (without its terminating empty line) → its headers. Raise on lines without ``: ``."""
+    # A plain loop: the dict(map(str.split, …)) "fast path" this replaced was no faster on the recorded
+    # events (5.5 against 5.3 µs a frame over the 1,599 events of tests/fixtures/traces, timeit, here).
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
-    lines = text.split("\r\n")
-    try:
-        # the common case, at C speed: every line is "Key: value" (value may hold ": " itself)
-        frame: Frame = dict(map(str.split, lines, repeat(": "), repeat(1)))  # type: ignore[arg-type]
-    except ValueError:
-        return _parse_lines(lines)
-    if "" in frame or not frame:
-        return _parse_lines(lines)
-    return frame
-
-
-def _parse_lines(lines: list[str]) -> Frame:
     frame: Frame = {}
-    for line in lines:
+    for line in text.split("\r\n"):
         key, sep, value = line.partition(": ")
         if not sep:
             if not line.strip():

@@ -8,14 +8,13 @@ only the (few) outcomes cross to the writer task through a queue. ``stop()`` per
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import deque
 from collections.abc import Callable
 
 import structlog
 
-from callguard import metrics
+from callguard import metrics, tasks
 from callguard.ami.wire import Frame
 from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
 from callguard.store import Store
@@ -50,7 +49,8 @@ class CallFlow:
         # cancelled write (SIGTERM) is redone by stop(): INSERT OR IGNORE makes the redo harmless.
         self._pending: deque[CallOutcome] = deque()
         self._ready = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []  # [writer, sweeper]
+        self._writer_task: asyncio.Task[None] | None = None
+        self._sweeper_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.persisted = 0
         self.recorded = asyncio.Event()  # set after each outcome is in the store (tests, health)
@@ -98,28 +98,25 @@ class CallFlow:
     # --- lifecycle ----------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._writer(), name="calls-writer"),
-                       asyncio.create_task(self._sweeper(), name="calls-sweeper")]
+        # The part owns its gauge: read from the tracker at scrape time, so no one else sets it.
+        metrics.CALLS_ACTIVE.set_function(lambda: len(self.tracker))
+        self._writer_task = tasks.spawn(self._writer(), name="calls-writer")
+        self._sweeper_task = tasks.spawn(self._sweeper(), name="calls-sweeper")
 
     async def stop(self) -> None:
         """Intake has stopped (the AMI part stops first): persist what is queued, then end. The writer is
         asked to finish, not cancelled: a write cancelled mid-transaction would leave the connection open."""
         self._stopping = True
-        for task in self._tasks[1:]:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await tasks.stop(self._sweeper_task)
+        self._sweeper_task = None
         self._ready.set()
-        if self._tasks:
-            writer = self._tasks[0]
+        writer, self._writer_task = self._writer_task, None
+        if writer is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(writer), STOP_BOUND)
             except TimeoutError:
-                writer.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await writer
+                await tasks.stop(writer)
                 log.error("calls_persist_timeout", pending=len(self._pending))
-        self._tasks = []
         if len(self.tracker):
             log.info("calls_open_at_shutdown", open_calls=len(self.tracker))
 
@@ -163,4 +160,3 @@ class CallFlow:
             await asyncio.sleep(interval)
             for outcome in self.tracker.expire(self.mono(), self.clock()):
                 self.accept(outcome)
-            metrics.CALLS_ACTIVE.set(len(self.tracker))

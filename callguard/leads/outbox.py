@@ -5,9 +5,9 @@ The item is written with its call row in one transaction (``store.calls.record``
   leaves a mark; on start, items found in ``sending`` are first looked up with ``sink.find_delivered``
   and marked sent when the sink already has them, else sent again (sinks that cannot search are built
   so a repeat is harmless: the webhook carries an Idempotency-Key);
-- retries what can succeed later (5xx, 429 with Retry-After, timeouts, network) with exponential backoff,
-  full jitter and a cap, up to ``outbox.max_attempts``; what never can (4xx, ``permanent``) is a dead
-  letter at once, shown by ``callguard outbox list``;
+- retries what can succeed later (5xx, 429 with Retry-After, timeouts, network) with ``backoff.delay``
+  (exponential, jittered, capped), up to ``outbox.max_attempts``; what never can (4xx, ``permanent``) is a
+  dead letter at once, shown by ``callguard outbox list``;
 - a repeat miss from the same number inside ``missed.dedupe_window`` goes to the open lead
   (``MissedCall.open_lead_ref`` + ``misses``) instead of a new one.
 """
@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import structlog
 
-from callguard import metrics
+from callguard import backoff, metrics, tasks
 from callguard.config import Config
 from callguard.errors import CallguardError, CrmAuthError, CrmRejectedError, RateLimitedError, SinkError
 from callguard.leads.model import Delivery, LeadSink, MissedCall
@@ -34,13 +34,6 @@ log = structlog.get_logger("callguard.leads.outbox")
 
 BATCH = 50
 STOP_GRACE = 5.0  # seconds a delivery in flight may finish after SIGTERM before it is cancelled
-
-
-def backoff(attempt: int, base: float, cap: float, rng: Callable[[], float] = random.random) -> float:
-    """Delay before retry number ``attempt`` (1 = first retry): exponential, capped, jittered into
-    [50 %, 100 %] so a CRM outage does not end in a synchronised burst."""
-    delay = min(cap, base * (2 ** min(max(attempt - 1, 0), 30)))
-    return delay * (0.5 + rng() / 2)
 
 
 class OutboxWorker:
@@ -65,7 +58,7 @@ class OutboxWorker:
 
     async def start(self) -> None:
         await self.recover()
-        self._task = asyncio.create_task(self._loop(), name="outbox-worker")
+        self._task = tasks.spawn(self._loop(), name="outbox-worker")
 
     async def stop(self) -> None:
         self._stopping = True
@@ -74,9 +67,7 @@ class OutboxWorker:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), STOP_GRACE)
             except TimeoutError:
-                self._task.cancel()  # the item stays 'sending'; the next start resolves it
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await tasks.stop(self._task)  # the item stays 'sending'; the next start resolves it
             self._task = None
         await self.sink.close()
 
@@ -92,7 +83,7 @@ class OutboxWorker:
             self._wakeup.clear()
             try:
                 await self.run_once()
-                await self._publish_depth()
+                await self.publish_gauges()
                 delay = await self._sleep_for()
             except Exception:  # the store or a bug: log, back off, keep the worker alive
                 log.exception("outbox_loop_failed")
@@ -197,7 +188,9 @@ class OutboxWorker:
         if give_up and attempts >= self.cfg.outbox.max_attempts:
             await self._dead(bound, linkedid, f"gave up after {attempts} attempts: {error}")
             return
-        delay = backoff(attempts, float(self.cfg.outbox.backoff_base), float(self.cfg.outbox.backoff_cap), self.rng)
+        # ``attempts`` made so far (1 after the first failure) → retry number attempts - 1 (0 = the first)
+        delay = backoff.delay(attempts - 1, float(self.cfg.outbox.backoff_base), float(self.cfg.outbox.backoff_cap),
+                              self.rng)
         if retry_after is not None:
             delay = max(delay, min(retry_after, float(self.cfg.outbox.backoff_cap)))
         await self.store.outbox.mark_retry(linkedid, self.clock() + delay, error, self.clock())
@@ -209,7 +202,9 @@ class OutboxWorker:
         metrics.OUTBOX_DELIVERIES.labels(result="dead").inc()
         bound.error("lead_dead_letter", error=error, sink=self.sink.name)
 
-    async def _publish_depth(self) -> None:
+    async def publish_gauges(self) -> None:
+        """The one place the outbox gauges are set: after each pass, and by whoever reports at scrape
+        time (the web part's ``/metrics`` calls this rather than counting the table itself)."""
         counts = await self.store.outbox.counts()
         metrics.OUTBOX_DEPTH.set(counts.get("pending", 0) + counts.get("sending", 0))
         metrics.OUTBOX_DEAD.set(counts.get("dead", 0))

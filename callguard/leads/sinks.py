@@ -4,7 +4,8 @@ The webhook POSTs one JSON document per missed call with an HMAC-SHA256 signatur
 (``X-Callguard-Signature: sha256=<hex>``, key = ``outbox.webhook.secret``) and the Linkedid as
 ``Idempotency-Key``, so a receiver can verify the sender and drop the (rare) repeat after a crash
 mid-delivery. Any 2xx is success; 408/429/5xx and network errors are retried by the outbox; any other
-4xx is a dead letter.
+4xx is a dead letter. The status is read by ``crm.http.classify``, the one map from HTTP answers to errors
+(Retry-After included), and put in the sink's terms here.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ import aiohttp
 import structlog
 
 from callguard.config import Config, WebhookSinkConfig
-from callguard.errors import RateLimitedError, SinkError
+from callguard.crm.http import classify
+from callguard.errors import CrmUnavailableError, RateLimitedError, SinkError
 from callguard.leads.model import Delivery, LeadSink, MissedCall
 
 if TYPE_CHECKING:
-    from callguard.app import Runtime
+    from callguard.store import Store
 
 log = structlog.get_logger("callguard.leads.sinks")
 SIGNATURE_HEADER = "X-Callguard-Signature"
@@ -78,16 +80,19 @@ class WebhookSink:
             async with self._client().post(self.cfg.url, data=body, headers=headers) as resp:
                 text = await resp.text()
                 status = resp.status
-                retry_after = resp.headers.get("Retry-After")
+                answer_headers = resp.headers
         except (aiohttp.ClientError, TimeoutError) as e:
             raise SinkError(f"webhook unreachable: {type(e).__name__}: {e}") from e
-        if 200 <= status < 300:
+        # body=None: a receiver's error body is not a CRM's, only its status (and Retry-After) counts
+        error = classify("webhook", status, None, answer_headers)
+        if error is None:
             return Delivery(_ref_from(text) or call.open_lead_ref or f"webhook:{call.linkedid}",
                             repeat=bool(call.open_lead_ref))
-        if status == 429:
-            raise RateLimitedError("webhook said 429", _seconds(retry_after))
-        if status == 408 or status >= 500:
+        if isinstance(error, RateLimitedError):
+            raise RateLimitedError("webhook said 429", error.retry_after)
+        if isinstance(error, CrmUnavailableError):  # 408, 5xx
             raise SinkError(f"webhook answered {status}")
+        # any other 4xx, 401/403 included: a dead letter, as ever (`callguard outbox retry` resends it)
         raise SinkError(f"webhook refused the lead: {status} {text[:200]}", permanent=True)
 
     async def find_delivered(self, call: MissedCall) -> Delivery | None:
@@ -111,20 +116,14 @@ def _ref_from(text: str) -> str:
     return ""
 
 
-def _seconds(value: str | None) -> float | None:
-    try:
-        return max(0.0, float(value)) if value else None
-    except ValueError:
-        return None
-
-
-def build_sink(cfg: Config, rt: Runtime | None = None) -> LeadSink:
+def build_sink(cfg: Config, store: Store | None = None) -> LeadSink:
+    """The sink ``outbox.sink`` names; ``store`` is what the CRM sink needs (its contact lookups)."""
     kind = cfg.outbox.sink
     if kind == "webhook":
         return WebhookSink(cfg.outbox.webhook)
     if kind == "crm":
         from callguard.crm.sink import build_crm_sink  # written with the CRM adapters; imported lazily
 
-        sink: LeadSink = build_crm_sink(cfg, rt.store if rt is not None else None)
+        sink: LeadSink = build_crm_sink(cfg, store)
         return sink
     return LogSink()

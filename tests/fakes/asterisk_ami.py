@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import Iterator
@@ -21,6 +22,7 @@ import pytest
 import structlog
 
 from callguard.ami.wire import EOM, Frame, FrameFeeder, parse_stream
+from callguard.config import Config
 
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TRACES = FIXTURES / "traces"
@@ -196,3 +198,17 @@ def fresh_logging() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
+
+
+LEADS = {name for name, (outcome, _) in EXPECTED.items() if outcome == "missed"}
+
+
+def loopback_cfg(cfg: Config, ami_port: int) -> Config:
+    """``cfg`` talking to a ``FakeAsterisk`` on ``ami_port``, the FastAGI server on a free port, quick
+    reconnects."""
+    return dataclasses.replace(
+        cfg,
+        agi=dataclasses.replace(cfg.agi, port=0),
+        ami=dataclasses.replace(cfg.ami, enabled=True, port=ami_port, secret="secret", reconnect_min=0.01,
+                                reconnect_max=0.05),
+    )
