@@ -19,6 +19,7 @@ from typing import IO
 
 import pytest
 
+from callguard.errors import EXIT_STALLED
 from tests.live.lab import Ami, Lab, callguard_config, inbound_channel_of
 from tests.support.supervisor import Supervisor
 
@@ -59,6 +60,8 @@ async def test_a_loop_blocked_mid_screen_lets_the_caller_reach_the_queue(tmp_pat
             waited = await _time_to_queue(ami, STALL_CALLER, "stalled")
             print(f"live: loop blocked mid-screen: AGI() to the queue {waited:.3f} s")
             assert waited < BOUND, f"the caller waited {waited:.2f} s on a blocked callguard"
+            # The sockets are shut before the line is written: wait for the exit that follows the line.
+            assert await asyncio.to_thread(sup.wait_exit, 10) == EXIT_STALLED
         finally:
             sup.close()
     log = (tmp_path / "callguard.log").read_text()
