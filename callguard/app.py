@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from callguard import metrics, sdnotify, watchdog
-from callguard.config import Config
+from callguard.config import REMOVED_KEYS, Config
 from callguard.crm import offload
 from callguard.errors import CallguardError, exit_code
 from callguard.screening.rules import Schedule, parse_schedule
@@ -165,6 +165,8 @@ class Service:
             self.stall = self._watch(rt)
             stalls = watchdog.StallLog(watchdog.stall_log_path(self.cfg))
             metrics.LOOP_STALLS.source = stalls.count  # read at scrape time
+            for key in self.cfg.ignored:
+                log.warning("config_key_ignored", key=key, why=REMOVED_KEYS[key])
             log.info("service_ready", config=str(self.cfg.source) if self.cfg.source else "embedded defaults",
                      loop_stalls=stalls.count())
             notifier.ready(status="serving")  # after every part started: systemd's "active"

@@ -331,6 +331,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
+    # Keys of an older release found in the file and ignored (REMOVED_KEYS says why); `run` logs them.
+    ignored: tuple[str, ...] = ()
 
 
 # Environment variables that override secrets; the file may leave them empty.
@@ -418,17 +420,36 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     return _check_scalar(value, tp, key)
 
 
-# Keys a release took away: the line to delete says why, instead of "unknown key".
+# Fields of Config that are facts about the load, not keys of the file.
+META_FIELDS = frozenset({"source", "ignored"})
+
+# Keys a release took away. An upgrade keeps the admin's config.toml, so such a key is ignored (and
+# `run` logs config_key_ignored with the reason) rather than refused: refusing would leave the service
+# down after an upgrade, every call unscreened, for a line that no longer matters.
 REMOVED_KEYS = {"agi.workers": "removed: callguard screens in one process (issue 13); delete this line"}
+
+
+def _drop_removed(raw: dict[str, Any]) -> tuple[str, ...]:
+    """Take the REMOVED_KEYS out of the file's table; the ones found, for ``Config.ignored``."""
+    found = []
+    for key in REMOVED_KEYS:
+        *path, leaf = key.split(".")
+        node: Any = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            found.append(key)
+    return tuple(found)
 
 
 def _build(cls: Any, table: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in META_FIELDS}
     for k in table:
         if k not in names:
             key = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(REMOVED_KEYS.get(key, f"unknown key (known here: {', '.join(sorted(names))})"), key)
+            raise ConfigError(f"unknown key (known here: {', '.join(sorted(names))})", key)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in table:
@@ -528,11 +549,12 @@ def load_config(
     for var, keypath in ENV_SECRETS.items():
         if env.get(var):
             _set_path(raw, keypath, env[var])
+    ignored = _drop_removed(raw)
     cfg: Config = _build(Config, raw)
     base = source.parent if source else Path.cwd()
     if not cfg.store.path.is_absolute() and str(cfg.store.path) != ":memory:":
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=base / cfg.store.path))
-    cfg = dataclasses.replace(cfg, source=source)
+    cfg = dataclasses.replace(cfg, source=source, ignored=ignored)
     _validate(cfg)
     return cfg
 
