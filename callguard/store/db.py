@@ -24,8 +24,8 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+import callguard.store.failures as failures
 from callguard.errors import SchemaTooNewError
-from callguard.store import failures
 from callguard.store.migrations import LATEST, MIGRATIONS
 
 log = structlog.get_logger("callguard.store")
