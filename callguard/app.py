@@ -57,16 +57,19 @@ def build_parts(rt: Runtime) -> list[Part]:
     )
     parts: list[Part] = [screener, agi]
     parts.extend(_missed_call_parts(rt, screener))
+    sync = None
     if rt.cfg.crm.kind != "none":
         # Before web: webhooks hand contact ids to the running sync part.
         from callguard.sync import build_sync
 
-        parts.append(build_sync(rt))
+        sync = build_sync(rt.cfg, rt.store)
+        parts.append(sync)
     if rt.cfg.web.enabled:
         # Last: it reports on the others (readiness), so they exist when it serves.
         from callguard.web.server import WebServer
 
-        parts.append(WebServer(rt))
+        ami = next((p for p in parts if p.name == "ami"), None)
+        parts.append(WebServer(rt.cfg, rt.store, screener=screener, agi=agi, ami=ami, sync=sync))
     return parts
 
 
@@ -151,7 +154,7 @@ class Service:
         if self.stall is not None:  # kept through the drain: a loop frozen there holds callers too
             self.stall.stop()
             self.stall = None
-        offload.shutdown()  # the CRM page parser's worker process, if a sync started one
+        offload.shutdown()  # the opt-in CRM page parser process (sync.parse_workers > 0), if a sync started one
         if self.runtime is not None:
             await self.runtime.store.close()
             self.runtime = None

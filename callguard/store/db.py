@@ -190,16 +190,6 @@ class Database:
                 await asyncio.shield(self._writer.execute("COMMIT"))
                 self.end_snapshot()  # this process's next screen sees what it just wrote
 
-    async def schema_version(self) -> int:
-        async with self.reader.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def integrity_check(self) -> str:
-        async with self.reader.execute("PRAGMA integrity_check") as cur:
-            rows = await cur.fetchall()
-        return "; ".join(str(r[0]) for r in rows)
-
     async def close(self) -> None:
         self._snapshot_until = 0.0
         self.hot.close()
