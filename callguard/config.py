@@ -282,9 +282,10 @@ class SyncConfig:
     # Contacts written per transaction during a sync: small enough that the writer never holds the
     # database long (screens read through WAL and never wait), large enough to be fast.
     batch: int = num(250, 1, 10_000)
-    # Processes that decode and parse amoCRM contact pages, so the event loop answering calls never
-    # does (callguard.crm.offload); 0 parses on the loop, in slices.
-    parse_workers: int = num(1, 0, 8)
+    # 0 (one process): amoCRM contact pages are parsed on the event loop, in slices. > 0: opt-in worker
+    # processes do it (callguard.crm.offload). Kept opt-in until the 1M-contact measurement
+    # (scripts/bench_sync.py --parse-workers 0|1, screens p99 during the sync ≤ 5 ms) decides.
+    parse_workers: int = num(0, 0, 8)
 
 
 @dataclass(frozen=True)

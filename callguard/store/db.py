@@ -130,16 +130,6 @@ class Database:
             else:
                 await asyncio.shield(self._writer.execute("COMMIT"))
 
-    async def schema_version(self) -> int:
-        async with self.reader.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def integrity_check(self) -> str:
-        async with self.reader.execute("PRAGMA integrity_check") as cur:
-            rows = await cur.fetchall()
-        return "; ".join(str(r[0]) for r in rows)
-
     async def close(self) -> None:
         self.hot.close()
         for conn in (self.reader, self._writer):
