@@ -97,8 +97,9 @@ def _is_header(record: list[str]) -> bool:
     )
 
 
-def _note(cells: list[str]) -> str:
-    note = ",".join(cells).strip()
+def _note(cells: list[str], delimiter: str) -> str:
+    """An unquoted note with the separator in it came apart into cells: put it back together."""
+    note = delimiter.join(cells).strip()
     if note.startswith("'") and note[1:2] in _FORMULA:
         note = note[1:]  # our own export's guard against spreadsheet formulas
     return note[:MAX_NOTE]
@@ -138,7 +139,7 @@ def parse(text: str, region: str = "RU", max_extension_digits: int = 5, allow_in
             if error:
                 refuse(line, error)
                 continue
-            result.rows.append((key, ACTIONS[action], _note(record[2:])))
+            result.rows.append((key, ACTIONS[action], _note(record[2:], result.delimiter)))
     except csv.Error as e:
         refuse(reader.line_num, f"CSV error: {e}")
     return result
