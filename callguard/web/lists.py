@@ -154,6 +154,8 @@ class ListsPage:
         session.say(kind, f"{name} ({result.encoding}, {sep}-separated): imported {len(result.rows)} rows, skipped "
                     f"{result.skipped}. The lists now hold {totals.get('block', 0)} blocked and "
                     f"{totals.get('allow', 0)} allowed numbers.")
+        if not result.rows and not result.errors:
+            session.say("error", f"{name} holds no rows: expected phone;action;note on each line.")
         if result.errors:
             shown = "; ".join(f"line {line}: {err}" for line, err in result.errors[:SHOWN_ERRORS])
             more = f" (and {result.skipped - SHOWN_ERRORS} more)" if result.skipped > SHOWN_ERRORS else ""

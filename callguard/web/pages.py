@@ -86,7 +86,7 @@ class Pages:
                 except web.HTTPRequestEntityTooLarge:
                     session.say("error", f"That file is too large: at most {self.cfg.web.max_body_bytes // 1024} KB "
                                 "(web.max_body_bytes).")
-                    return see_other(request.path if request.path.startswith("/lists") else "/")
+                    return see_other("/lists" if request.path.startswith("/lists") else "/")
                 if not same(str(form.get("csrf", "")), session.csrf):
                     log.warning("web_csrf_rejected", path=request.path, peer=request.remote, user=session.user)
                     return html(_gone("This form has expired. Go back, reload the page and try again."), 403)
