@@ -75,7 +75,9 @@ def columns(days: Sequence[tuple[str, Sequence[Segment]]], caption: str = "") ->
             y -= h
             bars.append(f'<rect x="{i * 10 + 1.5}" y="{_num(y)}" width="7" height="{_num(h)}" fill="{s.color}"/>')
         bars.append("</g>")
-    labels = "".join(f"<span>{escape(label) if i % every == 0 else ''}</span>" for i, (label, _) in enumerate(days))
+    # Counted back from the newest column, so today always has its label.
+    labels = "".join(f"<span>{escape(label) if (n - 1 - i) % every == 0 else ''}</span>"
+                     for i, (label, _) in enumerate(days))
     return (
         f'<div class="cols" role="img" aria-label="{escape(caption)}"><div class="y"><span>{peak}</span><span>0</span>'
         f'</div><svg viewBox="0 0 {n * 10} 100" preserveAspectRatio="none">{"".join(bars)}</svg>'

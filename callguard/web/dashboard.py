@@ -241,7 +241,7 @@ def _health(health: Mapping[str, Any] | None, r: Report) -> str:
     o = r.outbox
     if o.dead:
         lines.append(_state_line("outbox", "bad", f"<b>Missed-call leads</b><br>{o.dead} could not be delivered "
-                                 f"(<code>callguard outbox</code>), {o.pending} waiting"))
+                                 f"(<code>callguard outbox list</code>), {o.pending} waiting"))
     elif o.pending:
         lines.append(_state_line("outbox", "warn", f"<b>Missed-call leads</b><br>{o.pending} waiting to be sent, "
                                  f"oldest {esc(duration(o.oldest_age_s))}"))
