@@ -289,6 +289,15 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class WebUser:
+    """A login for the dashboard and lists pages (callguard.web.auth); ``callguard passwd NAME`` makes the
+    hash (callguard.passwords)."""
+
+    name: str = ""
+    password_hash: str = ""
+
+
+@dataclass(frozen=True)
 class WebConfig:
     enabled: bool = True
     host: str = "127.0.0.1"
@@ -300,6 +309,8 @@ class WebConfig:
     header_timeout: Duration = dur("10s", "1s", "5m")
     keepalive_timeout: Duration = dur("15s", "1s", "1h")
     max_connections: int = num(256, 8, 65536)
+    # Who may log in to the pages at / besides the web token: [[web.users]] name = "…", password_hash = "…".
+    users: list[WebUser] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -349,6 +360,8 @@ ENV_SECRETS: dict[str, tuple[str, ...]] = {
 }
 
 SECRET_KEYS = frozenset(".".join(path) for path in ENV_SECRETS.values()) | {"crm.amocrm.refresh_token"}
+# Not secrets to scrub from bodies (they never leave), but masked wherever the config is shown.
+HIDDEN_KEYS = SECRET_KEYS | {"web.users.password_hash"}
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -505,6 +518,23 @@ def _validate_crm(cfg: Config) -> None:
                           "https://<portal>/rest/<user>/<secret>/", "crm.bitrix24.webhook_url")
 
 
+def _validate_web_users(users: list[WebUser]) -> None:
+    from callguard import passwords
+
+    seen: set[str] = set()
+    for i, user in enumerate(users):
+        key = f"web.users[{i}]"
+        if not user.name.strip() or len(user.name) > 64 or not user.name.isprintable():
+            raise ConfigError("needs a name of 1 to 64 printable characters", f"{key}.name")
+        if user.name.casefold() in seen:
+            raise ConfigError(f"{user.name!r} is listed twice", f"{key}.name")
+        seen.add(user.name.casefold())
+        try:
+            passwords.parse(user.password_hash)
+        except ValueError as e:
+            raise ConfigError(str(e), f"{key}.password_hash") from None
+
+
 def _validate(cfg: Config) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -520,6 +550,7 @@ def _validate(cfg: Config) -> None:
     _validate_crm(cfg)
     if cfg.service.stall_timeout and not 0.5 <= cfg.service.stall_timeout <= 60:
         raise ConfigError("must be 0 (off) or 0.5 s to 60 s", "service.stall_timeout")
+    _validate_web_users(cfg.web.users)
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
@@ -577,7 +608,9 @@ def redacted(cfg: Config) -> dict[str, Any]:
     def walk(obj: Any, key: str) -> Any:
         if dataclasses.is_dataclass(obj):
             return {f.name: walk(getattr(obj, f.name), f"{key}.{f.name}") for f in dataclasses.fields(obj)}
-        if key in SECRET_KEYS:
+        if isinstance(obj, list):
+            return [walk(v, key) for v in obj]
+        if key in HIDDEN_KEYS:
             return "***" if obj else ""
         if isinstance(obj, Path):
             return str(obj)
