@@ -240,8 +240,8 @@ async def test_webhooks_are_exempt_from_the_bearer_token(tmp_path: Path) -> None
         pytest.skip("callguard.web.webhooks is not in this build: nothing to mount")
     async with running(make_cfg(tmp_path)) as r:
         app: WebApp = r.web.webapp  # type: ignore[assignment]
-        assert app.exempt, "add_routes mounted no route"
-        for resource in app.exempt:
+        assert app.webhook_routes, "add_routes mounted no route"
+        for resource in app.webhook_routes:
             # A concrete URL for a dynamic route (/webhooks/amocrm/{token}): a literal brace matches nothing.
             path = re.sub(r"\{[^}]+\}", "not-the-secret", resource.canonical)
             async with r.http.post(r.base + path, data=b"") as resp:
@@ -259,3 +259,22 @@ def test_exposure_warning(tmp_path: Path) -> None:
         warn_if_exposed(dataclasses.replace(cfg.web, host="127.0.0.1"))
         warn_if_exposed(dataclasses.replace(cfg.web, host="0.0.0.0", token="t0ken"))
     assert [(e["event"], e["log_level"], e["host"]) for e in logs] == [("web_exposed", "warning", "0.0.0.0")]
+
+
+async def test_the_service_serves_the_pages_behind_a_login(tmp_path: Path) -> None:
+    """The dashboard is part of the running web server: without a session only the login page; the API
+    still wants the bearer token; /readyz's data reaches the page's health box once logged in."""
+    async with running(make_cfg(tmp_path)) as r, aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as b:
+        async with b.get(r.base + "/", allow_redirects=False) as resp:
+            assert resp.status == 303 and resp.headers["Location"].startswith("/login")
+        assert (await r.get("/v1/stats", token=None))[0] == 401
+        async with b.get(r.base + "/login") as resp:
+            form = await resp.text()
+        csrf = re.search(r'name="csrf" value="([^"]+)"', form)
+        assert resp.status == 200 and csrf is not None
+        data = {"csrf": csrf.group(1), "name": "", "password": TOKEN, "next": "/"}
+        async with b.post(r.base + "/login", data=data, allow_redirects=False) as resp:
+            assert resp.status == 303
+        async with b.get(r.base + "/") as resp:
+            page = await resp.text()
+        assert resp.status == 200 and "Calls screened" in page and "not reported" not in page

@@ -31,6 +31,7 @@ from callguard.errors import BindError, ConfigError
 from callguard.store import Store
 from callguard.web import webhooks
 from callguard.web.connections import BoundedFactory
+from callguard.web.pages import PagesDeps, setup_pages
 
 log = structlog.get_logger("callguard.web.server")
 
@@ -113,7 +114,10 @@ class WebApp:
         self.app.router.add_get("/v1/stats", self.stats)
         before = set(self.app.router.resources())
         webhooks.add_routes(self.app, cfg.crm, sync.hint if sync is not None else None)
-        self.exempt: set[Any] = set(self.app.router.resources()) - before  # they authenticate themselves
+        self.webhook_routes: set[Any] = set(self.app.router.resources()) - before  # they authenticate themselves
+        # The browser pages (dashboard, lists) log in with a session cookie, not the bearer token.
+        self.page_routes = setup_pages(self.app, PagesDeps(cfg, store, readiness=self.readiness))
+        self.exempt = self.webhook_routes | self.page_routes
 
     # --- auth -------------------------------------------------------------------------------------
 
@@ -145,7 +149,9 @@ class WebApp:
     async def healthz(self, request: web.Request) -> web.Response:
         return self._json({"status": "ok"})
 
-    async def readyz(self, request: web.Request) -> web.Response:
+    async def readiness(self) -> dict[str, Any]:
+        """``{"ready", "parts"}``: each part's state, as /readyz shows it and the dashboard's health box
+        reads it."""
         parts = {
             "store": await self._store_state(),
             "agi": _agi_state(self.agi),
@@ -153,7 +159,11 @@ class WebApp:
             "sync": await self._sync_state(),
         }
         ready = all(p["state"] in ("ok", "disabled") for name, p in parts.items() if name != "sync")
-        return self._json({"ready": ready, "parts": parts}, 200 if ready else 503)
+        return {"ready": ready, "parts": parts}
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        state = await self.readiness()
+        return self._json(state, 200 if state["ready"] else 503)
 
     async def _store_state(self) -> dict[str, Any]:
         try:
