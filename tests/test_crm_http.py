@@ -37,7 +37,7 @@ def test_classify_reads_the_crm_error_codes() -> None:
 def test_retry_delay_is_the_shared_backoff_or_retry_after() -> None:
     policy = RetryPolicy(5, 1.0, 30.0)
     assert 0.5 <= policy.delay(0, None) <= 1.0  # attempt 0 = the first retry: base, jittered
-    assert 16.0 <= policy.delay(5, None) <= 30.0
+    assert 15.0 <= policy.delay(5, None) <= 30.0  # 1 × 2**5 capped at 30, jittered into [50 %, 100 %]
     assert policy.delay(0, 50.0) == 50.0 and policy.delay(0, 500.0) == 120.0  # Retry-After, at most 4 × cap
 
 

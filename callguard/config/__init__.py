@@ -1,0 +1,95 @@
+"""Load ``config.toml`` into frozen, typed objects.
+
+Every section is a frozen dataclass; the loader walks the dataclass fields, so adding a key is adding a
+field (and documenting it in ``config.toml``). Unknown keys, wrong types and bad values raise one
+``ConfigError`` naming the dotted key. Secrets may come from the environment and win over the file.
+
+The package: ``values`` (the syntax of durations, ranges, business hours), ``sections`` (the dataclasses),
+``load`` (file + environment → a validated Config). Everything callers use is re-exported here.
+"""
+
+from callguard.config.load import (
+    META_FIELDS,
+    REMOVED_KEYS,
+    load_config,
+    redacted,
+    resolve_config_path,
+)
+from callguard.config.sections import (
+    ENV_SECRETS,
+    HIDDEN_KEYS,
+    SECRET_KEYS,
+    AgiConfig,
+    AmiConfig,
+    AmoCrmConfig,
+    Bitrix24Config,
+    CallsConfig,
+    Config,
+    CrmConfig,
+    HoursConfig,
+    LogConfig,
+    MissedConfig,
+    OutboxConfig,
+    PhoneConfig,
+    ScreeningConfig,
+    ServiceConfig,
+    StoreConfig,
+    SyncConfig,
+    WebConfig,
+    WebhookSinkConfig,
+    WebUser,
+)
+from callguard.config.values import (
+    DAYS,
+    MAX_ID,
+    Duration,
+    Ranges,
+    dur,
+    format_duration,
+    num,
+    parse_duration,
+    parse_holidays,
+    parse_ranges,
+    parse_week,
+)
+
+__all__ = [
+    "DAYS",
+    "ENV_SECRETS",
+    "HIDDEN_KEYS",
+    "MAX_ID",
+    "META_FIELDS",
+    "REMOVED_KEYS",
+    "SECRET_KEYS",
+    "AgiConfig",
+    "AmiConfig",
+    "AmoCrmConfig",
+    "Bitrix24Config",
+    "CallsConfig",
+    "Config",
+    "CrmConfig",
+    "Duration",
+    "HoursConfig",
+    "LogConfig",
+    "MissedConfig",
+    "OutboxConfig",
+    "PhoneConfig",
+    "Ranges",
+    "ScreeningConfig",
+    "ServiceConfig",
+    "StoreConfig",
+    "SyncConfig",
+    "WebConfig",
+    "WebUser",
+    "WebhookSinkConfig",
+    "dur",
+    "format_duration",
+    "load_config",
+    "num",
+    "parse_duration",
+    "parse_holidays",
+    "parse_ranges",
+    "parse_week",
+    "redacted",
+    "resolve_config_path",
+]
