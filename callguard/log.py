@@ -2,12 +2,19 @@
 
 Call ``configure()`` once at start-up; importing this module does nothing. Secrets never reach the
 renderer: any key named like a secret is masked by ``_mask_secrets`` as a last line of defence.
+
+Under systemd, when the stream is journald's (``JOURNAL_STREAM``, systemd.exec(5)), each JSON line starts
+with its syslog priority, ``<4>`` for a warning, which journald takes off and keeps as the entry's
+PRIORITY (``SyslogLevelPrefix=yes``, the default): ``journalctl -u callguard -p warning`` then works.
+Anywhere else the lines are plain JSON.
 """
 
 from __future__ import annotations
 
 import functools
+import io
 import logging
+import os
 import sys
 from collections.abc import MutableMapping
 from typing import Any, BinaryIO, NamedTuple, TextIO
@@ -39,6 +46,38 @@ def _dumps_bytes(obj: Any, **kw: Any) -> bytes:
 
 def _dumps(obj: Any, **kw: Any) -> str:
     return _dumps_bytes(obj, **kw).decode()
+
+
+# syslog priorities (sd-daemon.h SD_ERR …) by structlog level
+PRIORITY = {"critical": 2, "error": 3, "exception": 3, "warning": 4, "info": 6, "debug": 7}
+
+
+def writes_to_journal(stream: TextIO) -> bool:
+    """True when ``stream`` is the journald stream systemd connected (JOURNAL_STREAM = "<dev>:<inode>")."""
+    expected = os.environ.get("JOURNAL_STREAM", "")
+    if not expected:
+        return False
+    try:
+        st = os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == expected
+
+
+def priority_prefix(level: str) -> bytes:
+    return b"<%d>" % PRIORITY.get(level, 6)
+
+
+class _Prioritised:
+    """Wraps a JSON renderer: the line gets journald's ``<N>`` priority prefix."""
+
+    def __init__(self, renderer: Any) -> None:
+        self.renderer = renderer
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> bytes | str:
+        prefix = priority_prefix(str(event.get("level", "info")))
+        out = self.renderer(logger, name, event)
+        return prefix + out if isinstance(out, bytes) else prefix.decode() + out
 
 
 class Settings(NamedTuple):
@@ -85,6 +124,8 @@ def configure(fmt: str = "auto", level: str = "info", stream: TextIO | None = No
     else:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
         logger_factory = structlog.WriteLoggerFactory(file=stream)
+    if not use_console and writes_to_journal(stream):
+        renderer = _Prioritised(renderer)
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),

@@ -100,6 +100,8 @@ class StallResponse:
     stall_log: StallLog | None = None
     log_fd: int = 2
     exit: Callable[[int], object] = os._exit
+    # journald's "<N>" priority for a level when the log goes to the journal (callguard.log), else None
+    journal_prefix: Callable[[str], bytes] | None = None
 
     def __call__(self, stalled_s: float) -> None:
         listening = shutdown_fds(self.listening())  # first: no new call queues behind the frozen loop
@@ -122,8 +124,9 @@ class StallResponse:
         """Straight to the fd in one ``write`` of one line, taking no lock: structlog's logger holds one
         per file while it writes, and the frozen loop may be the thread holding it."""
         doc["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        prefix = self.journal_prefix(str(doc.get("level", "error"))) if self.journal_prefix else b""
         with contextlib.suppress(OSError):
-            os.write(self.log_fd, orjson.dumps(doc) + b"\n")
+            os.write(self.log_fd, prefix + orjson.dumps(doc) + b"\n")
 
 
 class StallWatchdog:
@@ -186,7 +189,11 @@ def start(cfg: Config, held: Fds, listening: Fds) -> StallWatchdog | None:
     """Start the watchdog for this process (``service.stall_timeout``; None when it is 0)."""
     if not cfg.service.stall_timeout:
         return None
-    response = StallResponse(held, listening, StallLog(stall_log_path(cfg)), log_fd())
+    from callguard import log as logsetup
+
+    journal = logsetup.writes_to_journal(logsetup.settings().stream)
+    response = StallResponse(held, listening, StallLog(stall_log_path(cfg)), log_fd(),
+                             journal_prefix=logsetup.priority_prefix if journal else None)
     watchdog = StallWatchdog(cfg.service.stall_timeout, response)
     watchdog.start()
     return watchdog

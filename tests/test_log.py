@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import io
+import json
+import os
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import orjson
+import pytest
 import structlog
 
 from callguard import log
@@ -102,3 +106,51 @@ def test_run_loop_leaves_nothing_unwritten_when_the_loop_ends() -> None:
         assert [e["event"] for e in _lines(binary)] == ["last_words"]
     finally:
         log.configure("json", "info", stream=io.StringIO())
+
+
+# --- journald priorities (issue 14): `journalctl -u callguard -p warning` must find the warnings ---------
+
+
+def _lines_to(path: Path, journal: bool, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
+    with path.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        if journal:  # what systemd sets when stdout is the journal's stream (systemd.exec(5))
+            monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        else:
+            monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # another stream's: not ours
+        log.configure("json", "debug", stream=stream, final=True)
+        logger = structlog.get_logger("test.journal")
+        logger.debug("d")
+        logger.info("i")
+        logger.warning("w")
+        logger.error("e")
+        stream.flush()
+    structlog.reset_defaults()
+    return path.read_bytes().splitlines()
+
+
+def test_journal_lines_carry_their_syslog_priority(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _lines_to(tmp_path / "journal", True, monkeypatch)
+    assert [line[:3] for line in lines] == [b"<7>", b"<6>", b"<4>", b"<3>"]
+    assert [json.loads(line[3:])["event"] for line in lines] == ["d", "i", "w", "e"]  # still JSON after it
+
+
+def test_elsewhere_lines_stay_plain_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    lines = _lines_to(tmp_path / "file", False, monkeypatch)
+    assert [json.loads(line)["event"] for line in lines] == ["d", "i", "w", "e"]
+
+
+def test_the_stall_line_carries_its_priority_in_the_journal() -> None:
+    from callguard.watchdog import StallResponse
+
+    r, w = os.pipe()
+    try:
+        journal = StallResponse(list, list, None, w, journal_prefix=log.priority_prefix)
+        journal._log_line({"event": "x", "level": "error"})
+        StallResponse(list, list, None, w)._log_line({"event": "y", "level": "error"})
+        first, second = os.read(r, 4096).splitlines()
+    finally:
+        os.close(r)
+        os.close(w)
+    assert first.startswith(b"<3>{") and json.loads(first[3:])["event"] == "x"
+    assert json.loads(second)["event"] == "y"

@@ -167,4 +167,7 @@ def test_cli_json_and_table(cfg: Config, capsys: pytest.CaptureFixture[str]) -> 
     assert main(["--config", str(cfg.source), "stats"]) == 0
     out = capsys.readouterr().out
     assert "missed by DID" in out and "median wait before abandon  30s" in out
-    assert main(["--config", str(cfg.source), "stats", "--since", "0s"]) == 78
+    for bad in ("0s", "xyz"):  # a usage error, as argparse reports one (the admin guide's exit 2)
+        with pytest.raises(SystemExit) as e:
+            main(["--config", str(cfg.source), "stats", "--since", bad])
+        assert e.value.code == 2

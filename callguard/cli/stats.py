@@ -23,7 +23,7 @@ from callguard.textsafe import dumps, visible
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("stats", help="screened calls, spam blocked, missed calls by reason and DID")
-    p.add_argument("--since", default="7d",
+    p.add_argument("--since", default="7d", type=since_spec,
                    help="window back from now: today (since local midnight), 24h, 7d, 30d … (default 7d)")
     p.add_argument("--by", choices=("day", "did", "reason"), help="one row per day, DID or reason")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -43,10 +43,20 @@ async def collect(cfg: Config, since_s: float | str, by: GroupBy | None, now: fl
         await store.close()
 
 
+def since_spec(value: str) -> str:
+    """``--since``: ``today`` or a duration longer than zero; anything else is a usage error (exit 2)."""
+    now = time.time()
+    try:
+        start = window_start(value, now)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(f"expected today or a duration like 24h or 7d, got {value!r}") from e
+    if start >= now and value.strip().lower() != "today":
+        raise argparse.ArgumentTypeError(f"must be longer than zero, got {value!r}")
+    return value
+
+
 def handle(args: argparse.Namespace, cfg: Config) -> int:
     now = time.time()
-    if window_start(args.since, now, ZoneInfo(cfg.hours.timezone)) >= now:
-        raise ConfigError("must be longer than zero", "--since")
     report = asyncio.run(collect(cfg, args.since, args.by, now))
     if args.json:
         print(dumps(report.as_dict()))

@@ -7,7 +7,7 @@ import argparse
 from callguard.app import run_loop
 from callguard.config import Config
 from callguard.crm import build_crm
-from callguard.errors import EXIT_FAILURE, EXIT_USAGE
+from callguard.errors import EXIT_CONFIG, EXIT_FAILURE
 from callguard.store import Store
 from callguard.sync import SyncReport, SyncService
 
@@ -38,7 +38,7 @@ def handle(args: argparse.Namespace, cfg: Config) -> int:
     report, error, (phones, spam) = run_loop(sync_once(cfg, args.full))
     if report is None:
         print(f"sync failed: {error}" if cfg.crm.kind != "none" else error)
-        return EXIT_FAILURE if cfg.crm.kind != "none" else EXIT_USAGE
+        return EXIT_FAILURE if cfg.crm.kind != "none" else EXIT_CONFIG  # the config has no CRM to sync
     print(report.summary())
     print(f"cache: {phones} phone numbers, {spam} flagged spam")
     return 0
