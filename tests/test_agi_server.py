@@ -336,3 +336,39 @@ async def test_stop_drains_in_flight_requests(running: Running) -> None:
 
 def test_fixture_transcripts_exist() -> None:
     assert set(SCENARIOS) <= {p.name.split(".")[0] for p in asterisk_agi.TRACES.glob("*.agi.txt")}
+
+
+# --- monitor mode (issue 14): the verdict is computed, logged and counted, spam is let through -----------
+
+
+async def test_monitor_mode_answers_spam_clean_and_counts_it(cfg: Config, store: Store) -> None:
+    await store.overrides.upsert_many([("+15550000666", "block", "lab")])
+    cfg = dataclasses.replace(cfg, screening=dataclasses.replace(cfg.screening, mode="monitor"))
+    r = await _start(cfg, store)
+    before = metrics.SCREENS.labels(verdict="would_block")._value.get()
+    try:
+        with capture_logs() as logs:
+            spam = await session(r.port, load("s01_spam_blocked").header)
+            clean = await session(r.port, load("s02_clean_answered").header)
+    finally:
+        await r.server.stop()
+        await r.screener.stop()
+    assert spam == ["SET VARIABLE CALLGUARD_VERDICT clean"]  # the dialplan lets it through
+    assert clean == ["SET VARIABLE CALLGUARD_VERDICT clean"]
+    screened = {e["caller"]: e for e in logs if e["event"] == "call_screened"}
+    assert screened["+15550000666"]["would_block"] is True and screened["+15550000666"]["reason"].startswith("monitor:")
+    assert screened["+15551230001"]["would_block"] is False
+    uniqueid = load("s01_spam_blocked").header.decode().split("agi_uniqueid: ")[1].split("\n")[0]
+    assert await store.screens.verdict_of(uniqueid) == "would_block"
+    assert metrics.SCREENS.labels(verdict="would_block")._value.get() == before + 1
+    report = await store.stats.report(0, time.time() + 1)
+    assert report.total.would_block == 1 and report.total.spam_blocked == 0
+
+
+async def test_check_says_what_monitor_mode_would_do(cfg: Config, store: Store) -> None:
+    await store.overrides.upsert_many([("+15550000666", "block", "lab")])
+    for mode, verdict in (("enforce", "spam"), ("monitor", "clean")):
+        c = dataclasses.replace(cfg, screening=dataclasses.replace(cfg.screening, mode=mode))
+        doc = await ScreenService(c, store, parse_schedule(c.hours)).explain("+15550000666")
+        assert doc["verdict"] == verdict and doc["variables"]["CALLGUARD_VERDICT"] == verdict
+        assert doc["reason"].startswith("monitor:") == (mode == "monitor")

@@ -111,6 +111,7 @@ def render(report: Report, tz_name: str) -> str:
         [
             ["screened calls", f"{t.screened} ({verdicts})"],
             ["spam blocked", t.spam_blocked],
+            *([["would block (monitor mode)", t.would_block]] if t.would_block else []),
             ["answered", t.answered],
             ["missed", f"{t.missed} ({_reasons(t.missed_by_reason)})"],
             ["answered share", _pct(t.answered_share)],

@@ -27,6 +27,9 @@ class PhoneConfig:
 
 @dataclass(frozen=True)
 class ScreeningConfig:
+    # "monitor": the verdict is computed, logged and counted ("would block") but spam is answered clean,
+    # so the dialplan lets it through: a new site checks its lists before it enforces them.
+    mode: Literal["enforce", "monitor"] = "enforce"
     anonymous: Literal["allow", "block"] = "allow"
     # What an invalid (unparseable) caller ID gets: "allow" screens it clean, "block" as spam.
     invalid: Literal["allow", "block"] = "allow"

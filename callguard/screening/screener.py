@@ -48,12 +48,14 @@ class ScreenRequest:
 
 @dataclass(frozen=True, slots=True)
 class Screen:
-    """One screen's answer: the decision, and what it was made of, for ``record``."""
+    """One screen's answer: the decision, and what it was made of, for ``record``. ``would_block``: in
+    monitor mode, the rules said spam and the call was let through (answered clean)."""
 
     request: ScreenRequest
     phone: Phone
     did: str  # normalised
     decision: Decision
+    would_block: bool = False
 
     @property
     def variables(self) -> list[tuple[str, str]]:
@@ -74,7 +76,17 @@ def variables_for(decision: Decision) -> list[tuple[str, str]]:
     return out
 
 
-_SCREENS = {v.value: metrics.SCREENS.labels(verdict=v.value) for v in Verdict}  # bound once, not per screen
+WOULD_BLOCK = "would_block"  # the screens' verdict for spam let through in monitor mode
+# bound once, not per screen
+_SCREENS = {v: metrics.SCREENS.labels(verdict=v) for v in [*(v.value for v in Verdict), WOULD_BLOCK]}
+
+
+def apply_mode(decision: Decision, mode: str) -> tuple[Decision, bool]:
+    """``screening.mode``: in ``monitor`` a spam decision is answered clean (reason ``monitor:<why>``), so the
+    dialplan lets the call through; the second value says it would have been blocked."""
+    if mode == "monitor" and decision.verdict is Verdict.SPAM:
+        return Decision(Verdict.CLEAN, f"monitor:{decision.reason}", decision.contact), True
+    return decision, False
 
 
 class ScreenService:
@@ -116,7 +128,7 @@ class ScreenService:
     ]:
         """The verdict and why, without AGI: what ``callguard check`` and ``/v1/check`` show."""
         phone = self.normalise(caller_raw)
-        return phone, self._decide(phone, self.did_key(did_raw), now)
+        return phone, apply_mode(self._decide(phone, self.did_key(did_raw), now), self.cfg.screening.mode)[0]
 
     def _decide(self, phone: Phone, did: str, now: datetime | None = None) -> Decision:
         """Synchronous: the one store read is a plain sqlite3 primary-key read on this thread
@@ -152,7 +164,8 @@ class ScreenService:
 
     def screen(self, request: ScreenRequest) -> Screen:
         phone, did = self.normalise(request.caller), self.did_key(request.did)
-        return Screen(request, phone, did, self._decide(phone, did))
+        decision, would_block = apply_mode(self._decide(phone, did), self.cfg.screening.mode)
+        return Screen(request, phone, did, decision, would_block)
 
     def fail_open(self, request: ScreenRequest, fault: str) -> Screen:
         """``clean``: what a fault of ours or a decision past the deadline answers (pure, never raises)."""
@@ -176,11 +189,12 @@ class ScreenService:
             latency_ms=round(latency_ms, 3),
             delivered=delivered,
             caller_hung_up=hung_up,
+            would_block=screen.would_block,
         )
+        verdict = WOULD_BLOCK if screen.would_block else decision.verdict.value
         self.ingest(
             ScreenRecord(
-                req.uniqueid, time.time(), screen.phone.display, screen.did, decision.verdict.value,
-                decision.reason, latency_ms,
+                req.uniqueid, time.time(), screen.phone.display, screen.did, verdict, decision.reason, latency_ms,
             )
         )
 

@@ -56,6 +56,11 @@ class Row:
         return self.verdicts.get("spam", 0)
 
     @property
+    def would_block(self) -> int:
+        """Spam let through in monitor mode (``screening.mode = "monitor"``)."""
+        return self.verdicts.get("would_block", 0)
+
+    @property
     def spam_share(self) -> float | None:
         """Spam blocked ÷ calls screened."""
         return round(self.spam_blocked / self.screened, 4) if self.screened else None
@@ -76,6 +81,7 @@ class Row:
             "screened": self.screened,
             "verdicts": dict(sorted(self.verdicts.items())),
             "spam_blocked": self.spam_blocked,
+            "would_block": self.would_block,
             "spam_share": self.spam_share,
             "answered": self.answered,
             "missed": self.missed,
