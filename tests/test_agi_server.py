@@ -372,3 +372,16 @@ async def test_check_says_what_monitor_mode_would_do(cfg: Config, store: Store) 
         doc = await ScreenService(c, store, parse_schedule(c.hours)).explain("+15550000666")
         assert doc["verdict"] == verdict and doc["variables"]["CALLGUARD_VERDICT"] == verdict
         assert doc["reason"].startswith("monitor:") == (mode == "monitor")
+
+
+def test_the_dashboard_shows_would_block_only_when_there_is_some() -> None:
+    from callguard.store.stats import Report, Row
+    from callguard.web.dashboard import _kpis
+
+    quiet = Report(since=0, until=1, by=None, total=Row("", screened=3, verdicts={"clean": 3}), rows=[],
+                   missed_by_did={})
+    monitor = Report(since=0, until=1, by=None, total=Row("", screened=3, verdicts={"clean": 1, "would_block": 2}),
+                     missed_by_did={},
+                     rows=[])
+    assert 'data-figure="would_block"' not in _kpis(quiet)
+    assert 'data-figure="would_block"' in _kpis(monitor) and ">2<" in _kpis(monitor)

@@ -102,6 +102,8 @@ def _kpis(r: Report) -> str:
         _kpi("screened", "Calls screened", str(t.screened), "every inbound call checked"),
         _kpi("spam_blocked", "Spam blocked", str(t.spam_blocked),
              f'<span data-figure="spam_share">{esc(pct(t.spam_share))}</span> of screened calls', "spam"),
+        *([_kpi("would_block", "Would block", str(t.would_block),
+                "monitor mode: spam let through, not blocked yet", "warn")] if t.would_block else []),
         _kpi("answered_share", "Answered", pct(t.answered_share),
              f'<span data-figure="answered">{t.answered}</span> of {t.answered + t.missed} calls to answer', "ok"),
         _kpi("missed", "Missed", str(t.missed), "not picked up, not spam", "warn" if t.missed else ""),
