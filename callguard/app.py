@@ -15,7 +15,6 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from callguard import log as log_setup
 from callguard import metrics, sdnotify, watchdog
 from callguard.config import Config
 from callguard.crm import offload
@@ -47,15 +46,11 @@ class Runtime:
 
 def build_parts(rt: Runtime) -> list[Part]:
     """The parts in start order. Later issues add theirs here."""
-    from callguard.agi.pool import AgiPool, uses_workers
     from callguard.agi.server import AgiServer
     from callguard.screening.screener import ScreenService
 
     screener = ScreenService(rt.cfg, rt.store, rt.schedule)
-    agi: Part = (
-        AgiPool(rt.cfg, screener) if uses_workers(rt.cfg) else AgiServer(rt.cfg.agi, {"screen": screener.handle})
-    )
-    parts: list[Part] = [screener, agi]
+    parts: list[Part] = [screener, AgiServer(rt.cfg.agi, screener)]
     parts.extend(_missed_call_parts(rt, screener))
     if rt.cfg.crm.kind != "none":
         # Before web: webhooks hand contact ids to the running sync part.
@@ -94,13 +89,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop when it is installed (it is a dependency; a missing one falls back):
     uvloop roughly halves the per-connection cost of the FastAGI path (scripts/bench_agi.py)."""
     try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(main)
-        return uvloop.run(main)
-    finally:
-        log_setup.flush()  # the last lines the loop's flush timer did not reach
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _startup_failed(part: str, error: CallguardError) -> None:
@@ -157,13 +149,10 @@ class Service:
             self.runtime = None
 
     def _watch(self, rt: Runtime) -> watchdog.StallWatchdog | None:
-        """The stall watchdog for the main process's loop; it shuts the FastAGI sockets the ``agi`` part
-        holds (none with workers: they hold theirs and watch their own loops)."""
+        """The stall watchdog for the loop; it shuts the FastAGI sockets the ``agi`` part holds."""
         agi = rt.parts.get("agi")
         no_fds: watchdog.Fds = list
-        return watchdog.start(
-            self.cfg, "main", getattr(agi, "held_fds", no_fds), getattr(agi, "listen_fds", no_fds),
-        )
+        return watchdog.start(self.cfg, getattr(agi, "held_fds", no_fds), getattr(agi, "listen_fds", no_fds))
 
     async def run_until_signal(self) -> int:
         stop = asyncio.Event()
@@ -175,7 +164,7 @@ class Service:
             rt = await self.start()
             self.stall = self._watch(rt)
             stalls = watchdog.StallLog(watchdog.stall_log_path(self.cfg))
-            metrics.LOOP_STALLS.source = stalls.count  # read at scrape time: a worker's stall counts at once
+            metrics.LOOP_STALLS.source = stalls.count  # read at scrape time
             log.info("service_ready", config=str(self.cfg.source) if self.cfg.source else "embedded defaults",
                      loop_stalls=stalls.count())
             notifier.ready(status="serving")  # after every part started: systemd's "active"

@@ -8,6 +8,7 @@ field (and documenting it in ``config.toml``). Unknown keys, wrong types and bad
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 import tomllib
@@ -44,7 +45,6 @@ class Duration(float):
 
 # --- ranges: every number and duration declares its own, next to its default ----------------------
 
-MAX_AGI_WORKERS = 32
 MAX_ID = 10**12  # CRM ids (users, pipelines, accounts); 0 = not set
 
 
@@ -118,6 +118,60 @@ class HoursConfig:
     holidays: list[str] = field(default_factory=list)
 
 
+# --- business hours: the "HH:MM-HH:MM" syntax, pure; screening/rules.py builds its Schedule from it ----
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK_RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+Ranges = tuple[tuple[dt.time, dt.time], ...]
+
+
+def parse_ranges(text: str, key: str) -> Ranges:
+    """``"09:00-13:00, 14:00-18:00"`` → ((start, end), …); ``…-24:00`` runs to the end of the day."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = _CLOCK_RANGE.match(part)
+        if not m:
+            raise ConfigError(f"expected 'HH:MM-HH:MM', got {part!r}", key)
+        h1, m1, h2, m2 = map(int, m.groups())
+        if h2 == 24 and m2 == 0:
+            h2, m2 = 23, 59
+        try:
+            start, end = dt.time(h1, m1), dt.time(h2, m2, 59 if (h2, m2) == (23, 59) else 0)
+        except ValueError as e:
+            raise ConfigError(f"bad time in {part!r}", key) from e
+        if end <= start:
+            raise ConfigError(f"range ends before it starts: {part!r}", key)
+        out.append((start, end))
+    return tuple(out)
+
+
+def parse_week(days: dict[str, str], key: str) -> dict[str, Ranges]:
+    week = {}
+    for day, text in days.items():
+        if day not in DAYS:
+            raise ConfigError(f"unknown day {day!r} (use {', '.join(DAYS)})", f"{key}.{day}")
+        week[day] = parse_ranges(text, f"{key}.{day}")
+    return week
+
+
+def parse_holidays(texts: list[str]) -> frozenset[dt.date]:
+    holidays = set()
+    for i, text in enumerate(texts):
+        try:
+            holidays.add(dt.date.fromisoformat(text))
+        except ValueError as e:
+            raise ConfigError(f"expected YYYY-MM-DD, got {text!r}", f"hours.holidays[{i}]") from e
+    return frozenset(holidays)
+
+
+def _validate_hours(cfg: HoursConfig) -> None:
+    parse_holidays(cfg.holidays)
+    for did, days in cfg.per_did.items():
+        parse_week(days, f"hours.per_did.{did}")
+    parse_week(cfg.days, "hours.days")
+
+
 @dataclass(frozen=True)
 class AgiConfig:
     host: str = "127.0.0.1"
@@ -127,9 +181,6 @@ class AgiConfig:
     max_header_bytes: int = num(16384, 1024, 1 << 20)
     max_connections: int = num(1000, 1, 65536)
     drain_seconds: float = num(5.0, 0.0, 20.0)  # below TimeoutStopSec=30s in the systemd unit
-    # Screening processes sharing the listening socket (callguard/agi/pool.py); 0 screens on the main
-    # process's event loop, beside AMI, sync and web.
-    workers: int = num(2, 0, MAX_AGI_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -367,13 +418,17 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     return _check_scalar(value, tp, key)
 
 
+# Keys a release took away: the line to delete says why, instead of "unknown key".
+REMOVED_KEYS = {"agi.workers": "removed: callguard screens in one process (issue 13); delete this line"}
+
+
 def _build(cls: Any, table: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
     for k in table:
         if k not in names:
             key = f"{prefix}.{k}" if prefix else k
-            raise ConfigError(f"unknown key (known here: {', '.join(sorted(names))})", key)
+            raise ConfigError(REMOVED_KEYS.get(key, f"unknown key (known here: {', '.join(sorted(names))})"), key)
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name in table:
@@ -447,10 +502,7 @@ def _validate(cfg: Config) -> None:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
         raise ConfigError("sink 'crm' needs crm.kind = 'amocrm' or 'bitrix24'", "outbox.sink")
-    # Imported late: screening imports config types.
-    from callguard.screening.rules import parse_schedule
-
-    parse_schedule(cfg.hours)
+    _validate_hours(cfg.hours)
 
 
 def load_config(

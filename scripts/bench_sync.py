@@ -131,7 +131,6 @@ def start_fake(contacts: int) -> tuple[subprocess.Popen[str], str]:
 
 async def run(args: argparse.Namespace) -> None:
     from callguard import log
-    from callguard.agi.pool import AgiPool, uses_workers
     from callguard.agi.server import AgiServer
     from callguard.config import load_config
     from callguard.crm import offload
@@ -146,7 +145,7 @@ async def run(args: argparse.Namespace) -> None:
     fake, url = start_fake(args.contacts)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sync_"))
     (tmp / "config.toml").write_text(
-        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\nworkers = {args.workers}\n'
+        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\n'
         f'[crm]\nkind = "amocrm"\n'
         f'[crm.amocrm]\nbase_url = "{url}"\ntoken = "amo-token"\nspam_field = "Спам"\nrate_rps = 0.0\n'
         + f"[sync]\nparse_workers = {args.parse_workers}\n" + (f"batch = {args.batch}\n" if args.batch else ""))
@@ -154,8 +153,7 @@ async def run(args: argparse.Namespace) -> None:
     log.configure("json", "info", stream=open(os.devnull, "w"), final=True)  # noqa: SIM115, ASYNC230
     store = await Store.open(cfg.store.path)
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
-    # As `callguard run` builds it: screening in worker processes unless --workers 0.
-    agi = AgiPool(cfg, screener) if uses_workers(cfg) else AgiServer(cfg.agi, {"screen": screener.handle})
+    agi = AgiServer(cfg.agi, screener)  # as `callguard run` builds it: screening on this event loop
     await screener.start()
     await agi.start()
     crm = AmoCrm(cfg, store)
@@ -168,7 +166,7 @@ async def run(args: argparse.Namespace) -> None:
     peak_pss = peak_private = 0.0
     me = os.getpid()
     try:
-        screeners = [w.pid for w in agi.workers if w.pid] if isinstance(agi, AgiPool) else []
+        screeners: list[int] = []  # one process: no AGI worker processes since issue 13
         cpu0 = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
                 "client": cpu_s(client_proc.pid), "screeners": sum(cpu_s(pid) for pid in screeners)}
         t0 = time.perf_counter()
@@ -227,7 +225,6 @@ def main() -> None:
                     help="sys.setswitchinterval for the callguard process (default: Python's 5 ms)")
     ap.add_argument("--batch", type=int, default=0, help="sync.batch (default: the config's)")
     ap.add_argument("--parse-workers", type=int, default=1, help="sync.parse_workers")
-    ap.add_argument("--workers", type=int, default=2, help="agi.workers (0: screen on the sync's event loop)")
     ap.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     from callguard.app import run_loop  # uvloop, as `callguard run` uses

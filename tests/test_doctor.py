@@ -121,7 +121,7 @@ async def test_agi_port_free(cfg: Config) -> None:
 
 async def test_agi_port_answered_by_callguard(cfg: Config, store: Store) -> None:
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
-    agi = AgiServer(dataclasses.replace(cfg.agi, port=0), {"screen": screener.handle})
+    agi = AgiServer(dataclasses.replace(cfg.agi, port=0), screener)
     await screener.start()
     await agi.start()
     try:

@@ -71,7 +71,7 @@ class Numbers:
             return EMPTY
         override: tuple[str, str] | None = None
         best: tuple[int, float, Contact] | None = None
-        for kind, a, b, owner, source, spam, updated_at in self.db.hot_reader().execute(_LOOKUP_SQL, (phone,)):
+        for kind, a, b, owner, source, spam, updated_at in self.db.hot.execute(_LOOKUP_SQL, (phone,)):
             if kind == 0:
                 override = (a, b)
             elif best is None or (spam, updated_at) > best[:2]:  # a spam flag on any duplicate wins
