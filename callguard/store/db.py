@@ -24,8 +24,8 @@ from pathlib import Path
 import aiosqlite
 import structlog
 
+import callguard.store.failures as failures
 from callguard.errors import SchemaTooNewError
-from callguard.store import failures
 from callguard.store.migrations import LATEST, MIGRATIONS
 
 log = structlog.get_logger("callguard.store")
@@ -129,16 +129,6 @@ class Database:
                 raise
             else:
                 await asyncio.shield(self._writer.execute("COMMIT"))
-
-    async def schema_version(self) -> int:
-        async with self.reader.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def integrity_check(self) -> str:
-        async with self.reader.execute("PRAGMA integrity_check") as cur:
-            rows = await cur.fetchall()
-        return "; ".join(str(r[0]) for r in rows)
 
     async def close(self) -> None:
         self.hot.close()

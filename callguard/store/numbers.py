@@ -125,13 +125,6 @@ class Numbers:
         changed = sum(1 for k, v in after.items() if k in before and before[k] != v)
         return PageChange(added, removed, changed)
 
-    async def delete_contact(self, contact_id: str, source: str) -> int:
-        async with self.db.write() as conn:
-            cur = await conn.execute(
-                "DELETE FROM numbers WHERE contact_id = ? AND source = ?", (contact_id, source)
-            )
-            return cur.rowcount
-
     async def purge_older(self, conn: aiosqlite.Connection, source: str, before: float) -> int:
         """After a full sync: rows it did not rewrite belong to contacts or phones the CRM no longer has.
 
