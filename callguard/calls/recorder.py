@@ -226,8 +226,7 @@ class CallFlow:
             metrics.CALL_RECORDS_REJECTED.inc()
             log.warning("call_record_rejected", key=bad.key, why=bad.why)
         queued = {o.linkedid for o, _ in self._pending}  # the writer has them: never a second row
-        settled = queued | {r.linkedid for r in records
-                            if r.linkedid not in queued and await self.store.calls.get(r.linkedid) is not None}
+        settled = queued | await self.store.calls.recorded(sorted({r.linkedid for r in records}))
         result = plan(records, settled, self.tracker.open_ids(), rules=self._rules, since=since)
         made = 0
         for decision in result.decisions:
