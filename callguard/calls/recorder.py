@@ -43,6 +43,15 @@ FIRST_WINDOW = 3600.0  # no mark yet (first start): rebuild the last hour
 STOP_BOUND = 10.0  # seconds to persist queued outcomes on SIGTERM (systemd's stop bound is larger)
 
 
+async def write_outcome(store: Store, o: CallOutcome, rebuilt: bool, now: float) -> bool:
+    """The call row and, for a missed call, its lead (``reconciled`` when rebuilt from Asterisk's record)
+    in one transaction keyed by Linkedid; False when the call was recorded already."""
+    row = CallRow(o.linkedid, o.uniqueid, o.caller, o.did, o.verdict, o.outcome.value, o.reason,
+                  o.started_at, o.ended_at, o.wait_s)
+    lead = dataclasses.replace(o.to_missed(), reconciled=rebuilt).to_json() if o.is_lead else None
+    return await store.calls.record(row, lead, now)
+
+
 class CallFlow:
     """Part ``calls``."""
 
@@ -174,15 +183,12 @@ class CallFlow:
     async def _persist(self, item: tuple[CallOutcome, bool]) -> None:
         assert self.store is not None
         o, rebuilt = item
-        row = CallRow(o.linkedid, o.uniqueid, o.caller, o.did, o.verdict, o.outcome.value, o.reason,
-                      o.started_at, o.ended_at, o.wait_s)
-        lead = dataclasses.replace(o.to_missed(), reconciled=rebuilt).to_json() if o.is_lead else None
-        fresh = await self.store.calls.record(row, lead, self.clock())
+        fresh = await write_outcome(self.store, o, rebuilt, self.clock())
         self.persisted += 1
         self.recorded.set()
         if not fresh:
             log.info("call_already_recorded", linkedid=o.linkedid, outcome=o.outcome.value)
-        elif lead is not None and self.on_lead is not None:
+        elif o.is_lead and self.on_lead is not None:
             self.on_lead()
 
     async def _sweeper(self) -> None:
