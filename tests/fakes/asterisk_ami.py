@@ -142,6 +142,7 @@ class FakeAsterisk:
     astdb: dict[str, str] = field(default_factory=recorded_astdb)
     channels: list[Frame] = field(default_factory=list)
     denied: bool = False
+    sent: asyncio.Event = field(default_factory=asyncio.Event)  # set when a script's body was written
     server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -197,6 +198,7 @@ class FakeAsterisk:
                     writer.write(_with_action_id(login_ok, aid))
                     writer.write(script.body)
                     await writer.drain()
+                    self.sent.set()
                     if script.drop:
                         return
                 elif name == "ping" and logged_in and not script.silent:
