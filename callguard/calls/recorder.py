@@ -217,8 +217,8 @@ class CallFlow:
             since = await self._mark_value(started) - MARGIN
             records, rejected = await resync.read_records(request, since, started + MARGIN)
             await self.reconcile(records, rejected, since)
-        except AmiError as e:
-            log.error("calls_resync_failed", error=str(e))
+        except (AmiError, TimeoutError) as e:  # rights, a link that closed, a reply that never came
+            log.error("calls_resync_failed", error=str(e) or type(e).__name__)
             return
         self._request = request
         self._recheck_ready.set()
