@@ -17,8 +17,9 @@ re-attaches calls in progress and rebuilds the ones that ended in the gap, throu
 
 Rights and filtering (documented for ``dialplan/manager_callguard.conf``): callguard reads the ``call``,
 ``agent``, ``user`` and ``dialplan`` classes; it writes ``reporting`` only, which ``CoreShowChannels``
-and ``DBGet``/``DBGetTree`` need (manager.c: ``EVENT_FLAG_SYSTEM | EVENT_FLAG_REPORTING``, checked on
-22.10.1); the ``Filter`` action would need ``write=system``, so filtering is server-side (``eventfilter``).
+and ``DBGet``/``DBGetTree`` need (class system or reporting, as calls/records.py states; the live layer
+runs with read/write = all, so the shipped minimal user is not exercised live yet); the ``Filter``
+action would need ``write=system``, so filtering is server-side (``eventfilter``).
 """
 
 from __future__ import annotations
