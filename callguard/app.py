@@ -71,7 +71,8 @@ def build_parts(cfg: Config, store: Store) -> Parts:
     if cfg.ami.enabled:
         parts.calls = CallFlow(CallTracker(cfg), store, on_lead=parts.outbox.wake)
         screener.subscribe(parts.calls.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid
-        parts.ami = AmiClient(cfg.ami, parts.calls.on_event, parts.calls.on_link_lost)
+        # after every login: re-attach calls in progress, rebuild those that ended in the gap (issue 15)
+        parts.ami = AmiClient(cfg.ami, parts.calls.on_event, parts.calls.on_link_lost, parts.calls.resync)
     if cfg.crm.kind != "none":
         parts.sync = build_sync(cfg, store)
     if cfg.web.enabled:

@@ -35,6 +35,10 @@ CALLS = Counter(
 )
 CALLS_ACTIVE = Gauge("callguard_calls_active", "Calls the tracker follows now", registry=REGISTRY)
 CALLS_EXPIRED = Counter("callguard_calls_expired", "Calls expired with no end seen", registry=REGISTRY)
+CALLS_RECONCILED = Counter("callguard_calls_reconciled", "Calls rebuilt from Asterisk's records after a gap",
+                           ["outcome"], registry=REGISTRY)
+CALL_RECORDS_REJECTED = Counter("callguard_call_records_rejected", "AstDB call records that did not parse",
+                                registry=REGISTRY)
 
 OUTBOX_DEPTH = Gauge("callguard_outbox_pending", "Outbox items waiting for delivery", registry=REGISTRY)
 OUTBOX_OLDEST = Gauge(

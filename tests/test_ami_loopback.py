@@ -89,20 +89,25 @@ async def test_scenario_over_loopback_gives_exactly_the_expected_leads(cfg: Conf
         assert ended[0].uniqueid == asterisk_agi.load(name).header.decode().split("agi_uniqueid: ")[1].split("\n")[0]
 
 
-async def test_link_drop_mid_call_is_logged_as_lost_and_makes_no_lead(cfg: Config, store: Store) -> None:
+async def test_link_drop_mid_call_without_a_record_is_logged_as_lost_and_makes_no_lead(
+    cfg: Config, store: Store
+) -> None:
+    """A dialplan without the shipped hangup handler (no AstDB record): the lost call is re-checked, found
+    nowhere, and written as lost; never a lead."""
     body = events_after_login("s03_queue_timeout")
     cut = body.index(b"Event: QueueCallerJoin")
-    fake = await FakeAsterisk([Script(body[:cut], drop=True), Script(events_after_login("s14_direct_busy"))]).start()
+    fake = await FakeAsterisk([Script(body[:cut], drop=True), Script(events_after_login("s14_direct_busy"))],
+                              astdb={}).start()
     cfg = loopback_cfg(cfg, fake.port)
     cfg = dataclasses.replace(cfg, calls=dataclasses.replace(cfg.calls, stale_after=0.2))
     flow = CallFlow(CallTracker(cfg), store)
-    client = AmiClient(cfg.ami, flow.on_event, flow.on_link_lost)
+    client = AmiClient(cfg.ami, flow.on_event, flow.on_link_lost, flow.resync)
     with capture_logs() as logs:
         await flow.start()
         await client.start()
         try:
             async with asyncio.timeout(10):
-                while flow.outcomes.get("lost", 0) < 1 or flow.outcomes.get("missed", 0) < 1:
+                while await store.calls.get("1795435939.94") is None or flow.outcomes.get("missed", 0) < 1:
                     flow.recorded.clear()
                     await flow.recorded.wait()
         finally:
@@ -113,6 +118,7 @@ async def test_link_drop_mid_call_is_logged_as_lost_and_makes_no_lead(cfg: Confi
     events = [e["event"] for e in logs]
     assert "ami_link_lost" in events and "calls_events_lost" in events
     (lost,) = [e for e in logs if e["event"] == "call_lost"]
-    assert lost["linkedid"] == "1795435939.94" and lost["reason"] == "stale"
+    assert lost["linkedid"] == "1795435939.94" and lost["reason"] in ("stale", "ended_unseen")
+    assert "call_lost_no_record" in events
     assert await store.outbox.counts() == {"pending": 1}  # only the busy call from after the reconnect
     assert (await store.outbox.get("1795440311.12")) is not None

@@ -3,6 +3,8 @@ still one lead. Run against both strict fakes."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from callguard.config import Config
 from callguard.crm.sink import CrmSink, build_crm_sink
 from callguard.errors import CrmUnavailableError
+from callguard.leads import describe
 from callguard.leads.model import MissedCall
 from callguard.store import Store
 from callguard.sync import SyncService
@@ -152,3 +155,23 @@ async def test_lost_reply_after_the_crm_accepted_still_one_lead(world: World) ->
 
 def _lead_id(world: World, lead: dict[str, Any]) -> Any:
     return lead["id"] if world.kind == "amocrm" else lead["ID"]
+
+
+@pytest.mark.parametrize("reason", sorted(describe.REASONS))
+async def test_every_lead_says_why_it_was_missed(world: World, reason: str) -> None:
+    """In each CRM and both amoCRM modes: the reason in words (and its key), the caller, the DID."""
+    call = dataclasses.replace(missed(f"why.{reason}", reconciled=True), reason=reason, did="+74950000001")
+    sink = world.sink()
+    try:
+        delivery = await sink.deliver(call)
+    finally:
+        await sink.close()
+    (lead,) = [lead for lead in world.leads() if str(lead.get("id", lead.get("ID"))) == delivery.ref]
+    tasks = [t for t in getattr(world.fake, "tasks", []) if str(t.get("entity_id")) == delivery.ref]
+    unsorted = [u for u in getattr(world.fake, "unsorted", []) if str(u.get("lead_id")) == delivery.ref]
+    said = json.dumps([lead, tasks, unsorted], ensure_ascii=False)
+    assert describe.SHORT[reason] in said and f"({reason})" in said and call.caller in said
+    assert call.did in said  # the source: in the lead's own text, the task, or the Unsorted metadata
+    assert "восстановлен по записи Asterisk" in said
+    if world.kind == "bitrix24" or world.cfg.crm.amocrm.lead_mode == "lead_task":
+        assert describe.REASONS[reason] in said and "Ждал ответа" in said

@@ -23,7 +23,9 @@ from callguard.cli.doctor import (
     check_ami,
     check_ami_permissions,
     check_ami_timestamps,
+    check_ami_write,
     check_crm,
+    check_hangup_handler,
     check_store,
     check_web,
     run_checks,
@@ -211,7 +213,8 @@ async def test_ami_good_login_and_permissions(cfg: Config, tmp_path: Path) -> No
         results = await check_ami(with_ami(cfg, fake.port), tmp_path)
     finally:
         await fake.stop()
-    assert [(r.status, r.name) for r in results] == [("ok", "ami"), ("ok", "ami read"), ("warn", "ami time")]
+    assert [(r.status, r.name) for r in results] == [
+        ("ok", "ami"), ("ok", "ami read"), ("ok", "ami write"), ("warn", "ami time"), ("skip", "call record")]
     assert fake.logins[0]["Username"] == "callguard" and fake.logins[0]["Secret"] == "secret"
     assert "agent" in results[1].message and "call" in results[1].message
 
@@ -225,6 +228,25 @@ def test_ami_permissions_lacking_or_unreadable(tmp_path: Path) -> None:
     assert r.status == "fail" and "#include manager_callguard.conf" in r.fix
     r = check_ami_permissions("callguard", tmp_path / "nowhere")
     assert r.status == "skip"
+
+
+def test_ami_write_class_for_the_reconcile(tmp_path: Path) -> None:
+    (tmp_path / "manager.conf").write_text("[callguard]\nsecret = x\nread = all\nwrite =\n")
+    r = check_ami_write("callguard", tmp_path)
+    assert r.status == "fail" and "write = reporting" in r.fix
+    (tmp_path / "manager.conf").write_text("[callguard]\nwrite = system,call\n")
+    assert check_ami_write("callguard", tmp_path).status == "ok"
+    assert check_ami_write("callguard", tmp_path / "nowhere").status == "skip"
+
+
+def test_hangup_handler_read_from_the_installed_dialplan(tmp_path: Path) -> None:
+    assert check_hangup_handler(tmp_path).status == "skip"  # unreadable: says how to check by hand
+    shutil.copy(ROOT / "dialplan" / "extensions_callguard.conf", tmp_path / "extensions_callguard.conf")
+    r = check_hangup_handler(tmp_path)
+    assert r.status == "ok" and "read from the file" in r.message
+    old = (tmp_path / "extensions_callguard.conf").read_text().replace("hangup_handler_push", "x")
+    (tmp_path / "extensions_callguard.conf").write_text(old)
+    assert check_hangup_handler(tmp_path).status == "fail"
 
 
 def test_ami_timestampevents_from_manager_conf(tmp_path: Path) -> None:

@@ -12,9 +12,14 @@ panoramisk 1.4 as shipped is not enough for a service that must never go deaf:
   synchronously, to one ``on_event(frame, received_at)`` callback.
 Responses still go through panoramisk's ``Action`` futures (ActionID matching, multi-message replies).
 
+After each login ``on_connected(client)`` runs (a task of the session, ended with it): the calls part
+re-attaches calls in progress and rebuilds the ones that ended in the gap, through ``request()``.
+
 Rights and filtering (documented for ``dialplan/manager_callguard.conf``): callguard reads the ``call``,
-``agent``, ``user`` and ``dialplan`` classes and writes nothing (Login/Ping/Logoff need no write class);
-the ``Filter`` action would need ``write=system``, so filtering is server-side with ``eventfilter``.
+``agent``, ``user`` and ``dialplan`` classes; it writes ``reporting`` only, which ``CoreShowChannels``
+and ``DBGet``/``DBGetTree`` need (class system or reporting, as calls/records.py states; the live layer
+runs with read/write = all, so the shipped minimal user is not exercised live yet); the ``Filter``
+action would need ``write=system``, so filtering is server-side (``eventfilter``).
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -47,6 +52,7 @@ COUNTED_EVENTS = frozenset((
     "Shutdown",
 ))
 LOGOFF_TIMEOUT = 1.0
+REQUEST_TIMEOUT = 30.0  # a DBGetTree of a busy hour is a few thousand events
 
 
 class _Protocol(AMIProtocol):
@@ -115,11 +121,13 @@ class AmiClient:
     name = "ami"
 
     def __init__(
-        self, cfg: AmiConfig, on_event: EventHandler, on_link_lost: Callable[[], None] | None = None
+        self, cfg: AmiConfig, on_event: EventHandler, on_link_lost: Callable[[], None] | None = None,
+        on_connected: Callable[[AmiClient], Awaitable[None]] | None = None,
     ) -> None:
         self.cfg = cfg
         self.on_event = on_event
         self.on_link_lost = on_link_lost
+        self.on_connected = on_connected
         self.manager = _Manager(self, cfg)
         # health: read by /healthz and `callguard doctor`
         self.connected = False
@@ -206,9 +214,11 @@ class AmiClient:
 
     async def _serve(self) -> None:
         pinger = tasks.spawn(self._pinger(), name="ami-ping")
+        resync = tasks.spawn(self.on_connected(self), name="ami-resync") if self.on_connected else None
         try:
             await self._down.wait()
         finally:
+            await tasks.stop(resync)
             await tasks.stop(pinger)
         if not self._stopping:
             log.warning("ami_link_lost", error=self.last_error or "closed by peer")
@@ -228,6 +238,15 @@ class AmiClient:
                 log.warning("ami_pong_timeout", timeout_s=float(self.cfg.pong_timeout))
                 self._close()
                 return
+
+    async def request(self, fields: dict[str, str]) -> list[Frame]:
+        """One action on the current session: its response and, for a list, every event up to the
+        ``…Complete`` one, as frames. ``Response: Error`` (no such entry, permission denied) comes back
+        as a frame too: the caller knows which errors mean "nothing there"."""
+        if not self.connected or self.manager.protocol is None:
+            raise AmiError("AMI link down")
+        reply = await asyncio.wait_for(self.manager.send_action(dict(fields)), REQUEST_TIMEOUT)
+        return [dict(m) for m in (reply if isinstance(reply, list) else [reply])]
 
     # --- called by the protocol ---------------------------------------------------------------------
 

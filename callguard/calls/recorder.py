@@ -3,11 +3,19 @@ persisted (a missed call with its outbox item in one transaction), in the order 
 
 Events reach ``on_event`` synchronously from the AMI protocol, so the tracker sees them in wire order;
 only the (few) outcomes cross to the writer task through a queue. ``stop()`` persists what is queued.
+
+After every (re)connect ``resync`` (AmiClient.on_connected) re-attaches the calls in progress
+(CoreShowChannels) and rebuilds from Asterisk's records (resync.py) the calls that ended since the mark
+(``sync_state`` row ``asterisk-records``: every call that ended before it is in the store). A ``lost``
+outcome (events missing) is never dropped: it waits in ``_recheck`` until its record says what happened
+(DBGet), or, with no record, is written as lost. Every write is keyed by Linkedid (INSERT OR IGNORE), so
+the tracker and a reconcile racing for one call give one row and at most one lead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import deque
 from collections.abc import Callable
@@ -16,7 +24,11 @@ import structlog
 
 from callguard import metrics, tasks
 from callguard.ami.wire import Frame
+from callguard.calls import resync
+from callguard.calls.reconcile import Action, Rules, plan
+from callguard.calls.records import CallRecord, Rejected
 from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
+from callguard.errors import AmiError
 from callguard.store import Store
 from callguard.store.calls import CallRow
 from callguard.store.screens import ScreenRecord
@@ -25,7 +37,19 @@ from callguard.throttle import LogThrottle
 log = structlog.get_logger("callguard.calls.tracker")
 
 SWEEP_MAX = 30.0
+MARK = "asterisk-records"  # sync_state row; last_sync_at = every call that ended before it is recorded
+MARGIN = 120.0  # seconds re-read before the mark (a hang-up handler still writing, clocks apart)
+FIRST_WINDOW = 3600.0  # no mark yet (first start): rebuild the last hour
 STOP_BOUND = 10.0  # seconds to persist queued outcomes on SIGTERM (systemd's stop bound is larger)
+
+
+async def write_outcome(store: Store, o: CallOutcome, rebuilt: bool, now: float) -> bool:
+    """The call row and, for a missed call, its lead (``reconciled`` when rebuilt from Asterisk's record)
+    in one transaction keyed by Linkedid; False when the call was recorded already."""
+    row = CallRow(o.linkedid, o.uniqueid, o.caller, o.did, o.verdict, o.outcome.value, o.reason,
+                  o.started_at, o.ended_at, o.wait_s)
+    lead = dataclasses.replace(o.to_missed(), reconciled=rebuilt).to_json() if o.is_lead else None
+    return await store.calls.record(row, lead, now)
 
 
 class CallFlow:
@@ -47,10 +71,15 @@ class CallFlow:
         self.outcomes: dict[str, int] = {}
         # Outcomes waiting for the store; an item leaves only after its transaction committed, so a
         # cancelled write (SIGTERM) is redone by stop(): INSERT OR IGNORE makes the redo harmless.
-        self._pending: deque[CallOutcome] = deque()
+        self._pending: deque[tuple[CallOutcome, bool]] = deque()  # (outcome, rebuilt from a record)
+        self._recheck: dict[str, CallOutcome] = {}  # lost outcomes waiting for their record
+        self._recheck_ready = asyncio.Event()
+        self._request: resync.Request | None = None  # the AMI session's request(), while linked
+        self._rules = Rules(float(tracker.min_ring), tracker.region, tracker.ext_digits)
         self._ready = asyncio.Event()
         self._writer_task: asyncio.Task[None] | None = None
         self._sweeper_task: asyncio.Task[None] | None = None
+        self._recheck_task: asyncio.Task[None] | None = None
         self._stopping = False
         self.persisted = 0
         self.recorded = asyncio.Event()  # set after each outcome is in the store (tests, health)
@@ -76,6 +105,7 @@ class CallFlow:
         self.tracker.screen(record)
 
     def on_link_lost(self) -> None:
+        self._request = None
         open_calls = len(self.tracker)
         self.tracker.link_lost()
         if open_calls:
@@ -88,11 +118,18 @@ class CallFlow:
                  "reason": o.reason, "verdict": o.verdict, "wait_s": o.wait_s}
         if o.outcome is Outcome.LOST:
             metrics.CALLS_EXPIRED.inc()
-            log.warning("call_lost", **facts)  # never a lead: its events are incomplete
-        else:
-            log.info(f"call_{o.outcome.value}", **facts)
+            # never a lead from its events: they are incomplete; Asterisk's record of it decides
+            log.warning("call_lost", **facts, then="recheck_record" if self.store is not None else "dropped")
+            if self.store is not None:
+                self._recheck[o.linkedid] = o
+                self._recheck_ready.set()
+            return
+        log.info(f"call_{o.outcome.value}", **facts)
+        self._queue(o)
+
+    def _queue(self, o: CallOutcome, rebuilt: bool = False) -> None:
         if self.store is not None:
-            self._pending.append(o)
+            self._pending.append((o, rebuilt))
             self._ready.set()
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -102,13 +139,15 @@ class CallFlow:
         metrics.CALLS_ACTIVE.set_function(lambda: len(self.tracker))
         self._writer_task = tasks.spawn(self._writer(), name="calls-writer")
         self._sweeper_task = tasks.spawn(self._sweeper(), name="calls-sweeper")
+        if self.store is not None:
+            self._recheck_task = tasks.spawn(self._rechecker(), name="calls-recheck")
 
     async def stop(self) -> None:
         """Intake has stopped (the AMI part stops first): persist what is queued, then end. The writer is
         asked to finish, not cancelled: a write cancelled mid-transaction would leave the connection open."""
         self._stopping = True
-        await tasks.stop(self._sweeper_task)
-        self._sweeper_task = None
+        await tasks.stop(self._sweeper_task, self._recheck_task)
+        self._sweeper_task = self._recheck_task = None
         self._ready.set()
         writer, self._writer_task = self._writer_task, None
         if writer is not None:
@@ -117,8 +156,8 @@ class CallFlow:
             except TimeoutError:
                 await tasks.stop(writer)
                 log.error("calls_persist_timeout", pending=len(self._pending))
-        if len(self.tracker):
-            log.info("calls_open_at_shutdown", open_calls=len(self.tracker))
+        if len(self.tracker) or self._recheck:  # their records are read at the next start
+            log.info("calls_open_at_shutdown", open_calls=len(self.tracker), lost_unchecked=len(self._recheck))
 
     async def flush(self) -> None:
         while self._pending:
@@ -141,17 +180,15 @@ class CallFlow:
             if self._stopping:
                 return
 
-    async def _persist(self, o: CallOutcome) -> None:
+    async def _persist(self, item: tuple[CallOutcome, bool]) -> None:
         assert self.store is not None
-        row = CallRow(o.linkedid, o.uniqueid, o.caller, o.did, o.verdict, o.outcome.value, o.reason,
-                      o.started_at, o.ended_at, o.wait_s)
-        lead = o.to_missed().to_json() if o.is_lead else None
-        fresh = await self.store.calls.record(row, lead, self.clock())
+        o, rebuilt = item
+        fresh = await write_outcome(self.store, o, rebuilt, self.clock())
         self.persisted += 1
         self.recorded.set()
         if not fresh:
             log.info("call_already_recorded", linkedid=o.linkedid, outcome=o.outcome.value)
-        elif lead is not None and self.on_lead is not None:
+        elif o.is_lead and self.on_lead is not None:
             self.on_lead()
 
     async def _sweeper(self) -> None:
@@ -160,3 +197,94 @@ class CallFlow:
             await asyncio.sleep(interval)
             for outcome in self.tracker.expire(self.mono(), self.clock()):
                 self.accept(outcome)
+            await self._advance_mark()
+
+    # --- after a gap: re-attach, reconcile, re-check ------------------------------------------------
+
+    async def resync(self, client: object) -> None:
+        """``AmiClient.on_connected``: re-attach the calls in progress, then rebuild those that ended since
+        the mark. A failure (rights, a timeout) is logged; the next (re)connect or start tries again."""
+        request: resync.Request = client.request  # type: ignore[attr-defined]
+        started = self.clock()
+        try:
+            self.tracker.snapshot_begin()
+            channels = await resync.read_channels(request)
+            for outcome in self.tracker.reattach(channels, started, self.mono()):
+                self.accept(outcome)
+            log.info("calls_reattached", channels=len(channels), open_calls=len(self.tracker))
+            if self.store is None:
+                return
+            since = await self._mark_value(started) - MARGIN
+            records, rejected = await resync.read_records(request, since, started + MARGIN)
+            await self.reconcile(records, rejected, since)
+        except (AmiError, TimeoutError) as e:  # rights, a link that closed, a reply that never came
+            log.error("calls_resync_failed", error=str(e) or type(e).__name__)
+            return
+        self._request = request
+        self._recheck_ready.set()
+        await self._advance_mark(started)
+
+    async def reconcile(self, records: list[CallRecord], rejected: list[Rejected], since: float) -> int:
+        """Write every call the records hold and the store lacks (missed ones with their lead, marked
+        reconciled); the number written."""
+        assert self.store is not None
+        for bad in rejected:
+            metrics.CALL_RECORDS_REJECTED.inc()
+            log.warning("call_record_rejected", key=bad.key, why=bad.why)
+        queued = {o.linkedid for o, _ in self._pending}  # the writer has them: never a second row
+        settled = queued | await self.store.calls.recorded(sorted({r.linkedid for r in records}))
+        result = plan(records, settled, self.tracker.open_ids(), rules=self._rules, since=since)
+        made = 0
+        for decision in result.decisions:
+            o = decision.outcome
+            self._recheck.pop(o.linkedid, None)  # its record has spoken (or callguard had it already)
+            if decision.action is not Action.CREATE:
+                continue
+            made += 1
+            metrics.CALLS_RECONCILED.labels(outcome=o.outcome.value).inc()
+            log.info("call_reconciled", linkedid=o.linkedid, uniqueid=o.uniqueid, caller=o.caller, did=o.did,
+                     outcome=o.outcome.value, reason=o.reason, wait_s=o.wait_s)
+            await self._persist((o, True))
+        log.info("calls_reconciled", records=len(records), created=made, rejected=len(rejected))
+        return made
+
+    async def _rechecker(self) -> None:
+        while True:
+            await self._recheck_ready.wait()
+            self._recheck_ready.clear()
+            if self._request is None:
+                continue  # link down: the next resync reads the records (and set()s us again)
+            for lid, lost in list(self._recheck.items()):
+                try:
+                    rec = await resync.read_record(self._request, lid, lost.ended_at)
+                except (AmiError, TimeoutError) as e:
+                    log.warning("call_recheck_failed", linkedid=lid, error=str(e))
+                    break  # the next resync retries
+                if self._recheck.pop(lid, None) is None:
+                    continue  # a reconcile settled it meanwhile
+                if isinstance(rec, CallRecord):
+                    await self.reconcile([rec], [], 0.0)
+                else:
+                    if isinstance(rec, Rejected):
+                        log.warning("call_record_rejected", key=rec.key, why=rec.why)
+                    log.warning("call_lost_no_record", linkedid=lid, caller=lost.caller, did=lost.did,
+                                reason=lost.reason)
+                    await self._persist((lost, False))
+
+    async def _mark_value(self, now: float) -> float:
+        assert self.store is not None
+        mark = (await self.store.sync_state.get(MARK)).last_sync_at
+        return mark if mark > 0 else now - FIRST_WINDOW
+
+    async def _advance_mark(self, upto: float | None = None) -> None:
+        """Every call that ended before the new mark is in the store: nothing queued or re-checked ended
+        earlier, and the link is up (a call ending during an outage is read at the next resync)."""
+        if self.store is None or self._request is None:
+            return
+        mark = self.clock() if upto is None else upto
+        for o in [*self._recheck.values(), *(o for o, _ in self._pending)]:
+            mark = min(mark, o.ended_at)
+        try:
+            await self.store.sync_state.update(MARK, last_sync_at=mark)
+        except Exception:
+            log.exception("calls_mark_failed")

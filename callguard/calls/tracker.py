@@ -59,6 +59,7 @@ SWEEP_EVERY = 1.0  # seconds (monotonic) between stale sweeps
 DONE_MEMORY = 20_000  # finished Linkedids remembered so late events do not start a phantom call
 BORN_MEMORY = 20_000  # Linkedids born outside the inbound contexts that may Goto one (e.g. from-pstn)
 PENDING_SCREENS = 10_000  # screens whose channel AMI has not shown yet
+CALL_CONTEXT_PREFIX = "callguard-"  # the shipped dialplan's contexts: a caller channel is in one mid-call
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +138,8 @@ class CallTracker:
         self._last_sweep = 0.0
         self.events = 0
         self.ignored = 0
+        self._gone: set[str] | None = None  # channels hung up while a CoreShowChannels snapshot is read
+        self._fresh: set[str] = set()  # calls with events meanwhile: alive after the snapshot was taken
         self.clamps = 0  # events whose Timestamp was not used (out of bounds, garbage)
         self.last_clamp: tuple[str, str, str] = ("", "", "")  # (kind, event name, the Timestamp sent)
 
@@ -182,6 +185,7 @@ class CallTracker:
             handler(call, frame, uid, now)
         if uid in call.inbound:
             _note_caller(call, frame)
+        self._note_fresh(lid, uid, handler is _on_hangup)
         if handler is _on_hangup:
             self._chan.pop(uid, None)
             if not call.channels:
@@ -204,6 +208,58 @@ class CallTracker:
         for call in self._calls.values():
             call.gap = call.gap or "events_lost"
         self._born.clear()  # they may have reached an inbound context, even been answered, meanwhile
+
+    def snapshot_begin(self) -> None:
+        """A ``CoreShowChannels`` was sent: channels that hang up before its reply is read must not be
+        re-attached by it (the reply may predate their Hangup event)."""
+        self._gone = set()
+        self._fresh = set()
+
+    def reattach(self, channels: list[Frame], now: float, mono: float) -> list[CallOutcome]:
+        """After a gap, the channels Asterisk says are up (``CoreShowChannel`` events, recorded in
+        tests/fixtures/astdb/coreshowchannels.ami.txt). A tracked call none of whose channels is up ended
+        unseen (lost: the AstDB record decides); one that is up gets its live channels; an untracked one
+        with a channel in an inbound or a shipped ``callguard-*`` context is tracked from here on
+        (``start_unseen``: never a lead from its events, its record decides), so its end is seen and
+        ``callguard_calls_active`` is true again."""
+        gone, self._gone = self._gone or set(), None
+        fresh, self._fresh = self._fresh, set()
+        live: dict[str, list[Frame]] = {}
+        for ch in channels:
+            lid, uid = ch.get("Linkedid", ""), ch.get("Uniqueid", "")
+            if lid and uid and uid not in gone:
+                live.setdefault(lid, []).append(ch)
+        out = [self._finish(call, now, lost="ended_unseen")
+               for lid, call in list(self._calls.items()) if lid not in live and lid not in fresh]
+        for lid, chans in live.items():
+            call = self._calls.get(lid)
+            if call is None:
+                if lid in self._done or not any(self._is_call_context(c.get("Context", "")) for c in chans):
+                    continue
+                call = self._calls[lid] = _Call(lid, now, now, mono, gap="start_unseen")
+            call.seen = mono
+            for ch in chans:
+                uid = ch["Uniqueid"]
+                if uid not in call.channels:
+                    call.channels.add(uid)
+                    self._chan[uid] = lid
+                    if self._is_call_context(ch.get("Context", "")):
+                        call.inbound.add(uid)
+                        call.uniqueid = call.uniqueid or uid
+                        _note_caller(call, ch)
+        return out
+
+    def _note_fresh(self, lid: str, uid: str, hangup: bool) -> None:
+        if self._gone is not None:  # a CoreShowChannels reply is awaited
+            self._fresh.add(lid)
+            if hangup:
+                self._gone.add(uid)
+
+    def open_ids(self) -> set[str]:
+        return set(self._calls)
+
+    def _is_call_context(self, context: str) -> bool:
+        return context in self.inbound_contexts or context.startswith(CALL_CONTEXT_PREFIX)
 
     def expire(self, mono: float, now: float | None = None) -> list[CallOutcome]:
         """Calls with no event for ``stale_after`` by the monotonic clock ``mono`` (and the oldest beyond

@@ -29,6 +29,9 @@ TEST_CALLER = "+70000000000"
 # What callguard reads from AMI (dialplan/manager_callguard.conf): call, agent and user are needed,
 # dialplan is optional.
 AMI_READ_NEEDED = ("call", "agent", "user")
+# CoreShowChannels, DBGet and DBGetTree (re-attach and reconcile after a gap) need one of these write classes.
+AMI_WRITE_ANY = ("reporting", "system", "all")
+HANGUP_HANDLER = "callguard-hangup"
 
 
 @dataclass(frozen=True)
@@ -237,7 +240,8 @@ async def check_ami(cfg: Config, asterisk_etc: Path) -> list[Result]:
         return [Result("fail", "ami", "ami.secret is empty",
                        "set CALLGUARD_AMI_SECRET in /etc/callguard/callguard.env to the secret in manager.conf")]
     return [await ami_login(cfg), check_ami_permissions(ami.username, asterisk_etc),
-            check_ami_timestamps(asterisk_etc)]
+            check_ami_write(ami.username, asterisk_etc), check_ami_timestamps(asterisk_etc),
+            check_hangup_handler(asterisk_etc)]
 
 
 async def ami_login(cfg: Config) -> Result:
@@ -338,6 +342,41 @@ def check_ami_permissions(username: str, asterisk_etc: Path) -> Result:
         return Result("fail", "ami read", f"[{username}] read = {user.get('read', '')!r} lacks {', '.join(missing)}",
                       f"set read = call,agent,user,dialplan in [{username}], then `manager reload`")
     return Result("ok", "ami read", f"[{username}] may read {', '.join(sorted(granted))}")
+
+
+def check_ami_write(username: str, asterisk_etc: Path) -> Result:
+    """The write class the re-attach and the reconcile after a gap need (``write = reporting``)."""
+    fix = f"set write = reporting in [{username}] (dialplan/manager_callguard.conf), then `manager reload`"
+    try:
+        user = manager_sections(asterisk_etc / "manager.conf").get(username)
+    except OSError as e:
+        return Result("skip", "ami write", f"cannot read {asterisk_etc / 'manager.conf'} ({e.strerror or e})", fix)
+    if user is None:
+        return Result("skip", "ami write", f"no [{username}] user (see ami read)", fix)
+    granted = {c.strip().lower() for c in user.get("write", "").split(",") if c.strip()}
+    if not granted & set(AMI_WRITE_ANY):
+        return Result("fail", "ami write", f"[{username}] write = {user.get('write', '')!r}: calls that end while "
+                      "callguard or its AMI link is down cannot be rebuilt (CoreShowChannels, DBGetTree)", fix)
+    return Result("ok", "ami write", f"[{username}] may write {', '.join(sorted(granted))}")
+
+
+def check_hangup_handler(asterisk_etc: Path) -> Result:
+    """The shipped dialplan's ``[callguard-hangup]``, which writes the AstDB record a reconcile reads.
+    Read from the installed file: callguard's AMI user has no ``command`` class to ask ``dialplan show``
+    (and should not: it could run any CLI command), so the file says installed, not loaded."""
+    path = asterisk_etc / "extensions_callguard.conf"
+    fix = "copy dialplan/extensions_callguard.conf to /etc/asterisk/, then `asterisk -rx 'dialplan reload'`"
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        return Result("skip", "call record", f"cannot read {path} ({e.strerror or e}); check with "
+                      f"`asterisk -rx 'dialplan show {HANGUP_HANDLER}'`", fix)
+    pushed = f"hangup_handler_push)={HANGUP_HANDLER},s,1" in text
+    if f"[{HANGUP_HANDLER}]" not in text or not pushed or "Set(DB(callguard/calls/" not in text:
+        return Result("fail", "call record", f"{path} lacks the hangup handler [{HANGUP_HANDLER}]: missed calls "
+                      "that end while callguard is down are lost", fix)
+    return Result("ok", "call record", f"[{HANGUP_HANDLER}] in {path} (read from the file; `dialplan show "
+                  f"{HANGUP_HANDLER}` confirms it is loaded)")
 
 
 def check_ami_timestamps(asterisk_etc: Path) -> Result:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from callguard.crm.base import CrmContact, LeadRef
 from callguard.errors import CrmError
+from callguard.leads import describe
 
 if TYPE_CHECKING:
     from callguard.config import AmoCrmConfig
@@ -27,7 +28,7 @@ PAGE = 250  # the v4 maximum (§1.3)
 
 
 def title(call: MissedCall) -> str:
-    return f"Missed call {call.caller}"
+    return describe.title(call)
 
 
 def marker(call: MissedCall) -> str:
@@ -48,7 +49,7 @@ def _unsorted_item(cfg: AmoCrmConfig, call: MissedCall, contact: CrmContact | No
     item: dict[str, Any] = {
         "source_uid": cfg.source_name, "source_name": cfg.source_name, "created_at": int(call.started_at),
         "metadata": {"from": call.caller, "phone": call.did, "called_at": int(call.started_at),
-                     "duration": 0, "service_code": cfg.source_name, "uniq": call.linkedid,
+                     "duration": int(call.wait_s), "service_code": cfg.source_name, "uniq": call.linkedid,
                      "is_call_event_needed": True},
         "_embedded": {"leads": [{"name": title(call)}]},
         "request_id": call.linkedid,
@@ -87,8 +88,9 @@ def _lead_body(cfg: AmoCrmConfig, call: MissedCall, contact: CrmContact | None) 
 
 def call_note(cfg: AmoCrmConfig, lead_id: str, call: MissedCall) -> dict[str, Any]:
     return {"entity_id": int(lead_id), "note_type": "call_in",
-            "params": {"uniq": call.linkedid, "duration": 0, "source": cfg.source_name,
-                       "phone": call.caller, "call_status": CALL_STATUS_NO_ANSWER, "call_result": "Пропущен"}}
+            "params": {"uniq": call.linkedid, "duration": int(call.wait_s), "source": cfg.source_name,
+                       "phone": call.caller, "call_status": CALL_STATUS_NO_ANSWER,
+                       "call_result": f"Пропущен: {describe.text(call)}"}}
 
 
 
@@ -143,7 +145,7 @@ class AmoLeads:
 
 
     async def _add_task(self, call: MissedCall, lead_id: str, owner: int | None) -> None:
-        task: dict[str, Any] = {"text": f"Call back {call.caller} (missed call, {call.reason})",
+        task: dict[str, Any] = {"text": f"Перезвонить {call.caller}. {describe.text(call)}",
                                 "complete_till": int(time.time()) + 3600, "entity_id": int(lead_id),
                                 "entity_type": "leads", "task_type_id": 1}
         if owner:

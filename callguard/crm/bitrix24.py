@@ -23,6 +23,7 @@ import structlog
 from callguard.crm.base import Changes, CrmContact, LeadRef, Page, WebhookRejected, unique_phones
 from callguard.crm.http import HttpClient, RetryPolicy, shared_bucket
 from callguard.errors import CrmError
+from callguard.leads import describe
 
 if TYPE_CHECKING:
     from callguard.config import Bitrix24Config, Config
@@ -137,9 +138,9 @@ class Bitrix24:
 
     async def create_lead(self, call: MissedCall, contact: CrmContact | None) -> LeadRef:
         fields: dict[str, Any] = {
-            "TITLE": f"Missed call {call.caller}", "SOURCE_ID": self.cfg.source_id,
+            "TITLE": describe.title(call), "SOURCE_ID": self.cfg.source_id,
             "SOURCE_DESCRIPTION": f"DID {call.did}", "ORIGINATOR_ID": ORIGINATOR, "ORIGIN_ID": call.linkedid,
-            "COMMENTS": f"Missed call ({call.reason}), waited {call.wait_s:.0f}s. {marker(call)}"}
+            "COMMENTS": f"{describe.text(call)} {marker(call)}"}
         if call.caller.startswith("+"):
             fields["PHONE"] = [{"VALUE": call.caller, "VALUE_TYPE": "WORK"}]
         owner = self.cfg.responsible_user_id or (int(contact.owner) if contact and contact.owner.isdigit() else 0)
@@ -172,7 +173,7 @@ class Bitrix24:
             log.warning("crm_register_call_failed", crm=self.kind, linkedid=call.linkedid, error=str(e)[:200])
 
     async def add_call_note(self, lead_id: str, call: MissedCall) -> None:
-        text = f"Repeat missed call from {call.caller} to {call.did} ({call.reason}). {marker(call)}"
+        text = f"{describe.text(call)} {marker(call)}"
         await self.call("crm.timeline.comment.add", {"fields": {
             "ENTITY_ID": int(lead_id), "ENTITY_TYPE": "lead", "COMMENT": text}}, idempotent=False)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +38,11 @@ class LogSink:
     name = "log"
 
     async def deliver(self, call: MissedCall) -> Delivery:
-        log.info("missed_call", **call.to_json())
+        # Durable before acknowledged: structlog's Bytes/WriteLogger (log.configure) write() and flush()
+        # each line before returning, so the line is out when the outbox marks the item sent. A level of
+        # warning would drop an info line and acknowledge a lead nobody saw: then it goes out as a warning.
+        emit = log.info if log.is_enabled_for(logging.INFO) else log.warning
+        emit("missed_call", **call.to_json())
         if call.open_lead_ref:
             return Delivery(call.open_lead_ref, repeat=True)
         return Delivery(f"log:{call.linkedid}")

@@ -47,6 +47,16 @@ class Calls:
                 await enqueue(conn, row.linkedid, json.dumps(lead, ensure_ascii=False), now)
         return True
 
+    async def recorded(self, linkedids: list[str]) -> set[str]:
+        """Which of ``linkedids`` have a call row (a reconcile's "already settled"), in chunks of 500."""
+        out: set[str] = set()
+        for i in range(0, len(linkedids), 500):
+            chunk = linkedids[i:i + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self.db.reader.execute(f"SELECT linkedid FROM calls WHERE linkedid IN ({marks})", chunk) as cur:
+                out.update(str(r[0]) for r in await cur.fetchall())
+        return out
+
     async def get(self, linkedid: str) -> CallRow | None:
         async with self.db.reader.execute(
             "SELECT linkedid, uniqueid, caller, did, verdict, outcome, reason, started_at, ended_at, wait_s "

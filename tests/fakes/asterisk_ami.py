@@ -5,6 +5,11 @@ client's, as Asterisk echoes it), then the recorded bytes that followed, ``\\r\\
 It answers ``Ping`` as Asterisk 22 does (``Ping: Pong`` + ``Timestamp``) and ``Logoff`` with Goodbye.
 Scripts per connection let a test drop the link mid-call, go silent (half-open) or reject the login
 with the recorded ``Authentication failed`` (s00 badlogin).
+
+``CoreShowChannels``, ``DBGetTree`` and ``DBGet`` are answered in the layout recorded on Asterisk 22.10.1
+(tests/fixtures/astdb/*.ami.txt: header order, ``EventList``, ``ListItems``, the not-found error), from
+``channels`` (CoreShowChannel frames) and ``astdb`` (key → value, by default every entry of
+calls.dbgettree.ami.txt). ``denied`` answers them as a user without ``write = reporting`` would.
 """
 
 from __future__ import annotations
@@ -27,6 +32,29 @@ from callguard.config import Config
 FIXTURES = Path(__file__).parent.parent / "fixtures"
 TRACES = FIXTURES / "traces"
 TIMING = FIXTURES / "ami_timing"
+ASTDB = FIXTURES / "astdb"
+
+
+def recorded_astdb() -> dict[str, str]:
+    """Key → value of every entry in the recorded DBGetTree reply."""
+    frs = FrameFeeder(expect_banner=False).feed((ASTDB / "calls.dbgettree.ami.txt").read_bytes())
+    return {f["Key"]: f["Val"] for f in frs if f.get("Event") == "DBGetTreeResponse"}
+
+
+def recorded_channels() -> list[Frame]:
+    """The CoreShowChannel events recorded mid-queue (one call: caller ;1/;2 and a member's two legs)."""
+    frs = FrameFeeder(expect_banner=False).feed((ASTDB / "coreshowchannels.ami.txt").read_bytes())
+    return [f for f in frs if f.get("Event") == "CoreShowChannel"]
+
+
+def _frame(fields: list[tuple[str, str]]) -> bytes:
+    return "".join(f"{k}: {v}\r\n" for k, v in fields).encode() + b"\r\n"
+
+
+def _list_reply(aid: str, message: str, events: list[list[tuple[str, str]]], complete: str) -> bytes:
+    head = _frame([("Response", "Success"), ("ActionID", aid), ("EventList", "start"), ("Message", message)])
+    done = _frame([("Event", complete), ("ActionID", aid), ("EventList", "Complete"), ("ListItems", str(len(events)))])
+    return head + b"".join(_frame(e) for e in events) + done
 
 # scenario → (outcome, reason) as recorded (README of the traces + the bytes).
 EXPECTED: dict[str, tuple[str, str]] = {
@@ -101,6 +129,7 @@ class Script:
     drop: bool = False
     silent: bool = False
     reject: bool = False
+    astdb: bool = True  # False: this connection's AstDB and channel list are empty (the call is yet to end)
 
 
 @dataclass
@@ -110,6 +139,10 @@ class FakeAsterisk:
     logins: list[Frame] = field(default_factory=list)
     actions: list[Frame] = field(default_factory=list)
     connections: int = 0
+    astdb: dict[str, str] = field(default_factory=recorded_astdb)
+    channels: list[Frame] = field(default_factory=list)
+    denied: bool = False
+    sent: asyncio.Event = field(default_factory=asyncio.Event)  # set when a script's body was written
     server: asyncio.Server | None = None
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
@@ -165,6 +198,7 @@ class FakeAsterisk:
                     writer.write(_with_action_id(login_ok, aid))
                     writer.write(script.body)
                     await writer.drain()
+                    self.sent.set()
                     if script.drop:
                         return
                 elif name == "ping" and logged_in and not script.silent:
@@ -172,12 +206,36 @@ class FakeAsterisk:
                         f"Response: Success\r\nActionID: {aid}\r\nPing: Pong\r\nTimestamp: {time.time():.6f}\r\n\r\n"
                         .encode()
                     )
+                elif name in ("coreshowchannels", "dbgettree", "dbget") and logged_in:
+                    writer.write(self.answer(name, action, aid, script.astdb))
                 elif name == "logoff":
                     writer.write(f"Response: Goodbye\r\nActionID: {aid}\r\nMessage: Thanks for all the fish.\r\n\r\n"
                                  .encode())
                     await writer.drain()
                     return
             await writer.drain()
+
+
+    def answer(self, name: str, action: Frame, aid: str, filled: bool = True) -> bytes:
+        if self.denied:
+            return _frame([("Response", "Error"), ("ActionID", aid), ("Message", "Permission denied")])
+        if name == "coreshowchannels":
+            events = [[("Event", "CoreShowChannel"), ("ActionID", aid),
+                       *((k, v) for k, v in ch.items() if k not in ("Event", "ActionID"))]
+                      for ch in (self.channels if filled else [])]
+            return _list_reply(aid, "Channels will follow", events, "CoreShowChannelsComplete")
+        family = "/" + action.get("Family", "").strip("/")
+        astdb = self.astdb if filled else {}
+        if name == "dbget":
+            key = f"{family}/{action.get('Key', '')}"
+            if key not in astdb:
+                return _frame([("Response", "Error"), ("ActionID", aid), ("Message", "Database entry not found")])
+            event = [("Event", "DBGetResponse"), ("Family", family[1:]), ("Key", action.get("Key", "")),
+                     ("Val", astdb[key]), ("ActionID", aid)]
+            return _list_reply(aid, "Result will follow", [event], "DBGetComplete")
+        events = [[("Event", "DBGetTreeResponse"), ("Key", k), ("Val", v), ("ActionID", aid)]
+                  for k, v in sorted(astdb.items()) if k.startswith(family + "/")]
+        return _list_reply(aid, "Result will follow", events, "DBGetTreeComplete")
 
 
 def _with_action_id(response: bytes, action_id: str) -> bytes:
