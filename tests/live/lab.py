@@ -107,6 +107,7 @@ class Lab:
     ami_port: int = field(default_factory=free_port)
     noload: tuple[str, ...] = ()
     globals: dict[str, str] = field(default_factory=dict)
+    manager_extra: str = ""  # more manager.conf user sections (e.g. the shipped minimal user)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -141,7 +142,7 @@ class Lab:
                 f"[general]\nenabled = yes\nport = {self.ami_port}\nbindaddr = 127.0.0.1\n"
                 "timestampevents = yes\n\n"
                 f"[callguard]\nsecret = {SECRET}\ndeny = 0.0.0.0/0.0.0.0\npermit = 127.0.0.1/255.255.255.255\n"
-                "read = all\nwrite = all\nwritetimeout = 5000\n"
+                "read = all\nwrite = all\nwritetimeout = 5000\n" + self.manager_extra
             ),
             "cdr.conf": "[general]\nenable = yes\nunanswered = yes\n[csv]\nusegmtime = yes\nloguniqueid = yes\n"
                         "loguserfield = yes\n",
@@ -213,10 +214,10 @@ class Ami:
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
 
-    async def connect(self, port: int) -> None:
+    async def connect(self, port: int, username: str = "callguard", secret: str = SECRET) -> None:
         self._reader, self._writer = await asyncio.open_connection("127.0.0.1", port)
         self._task = asyncio.create_task(self._read())
-        await self.send({"Action": "Login", "Username": "callguard", "Secret": SECRET, "ActionID": "login"})
+        await self.send({"Action": "Login", "Username": username, "Secret": secret, "ActionID": "login"})
         reply = await self.wait_for(lambda f: f.get("ActionID") == "login")
         assert reply.get("Response") == "Success", reply
 
