@@ -10,18 +10,26 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import Coroutine
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import structlog
 
-from callguard import log as log_setup
 from callguard import metrics, sdnotify, watchdog
-from callguard.config import Config
+from callguard.agi.server import AgiServer
+from callguard.ami.client import AmiClient
+from callguard.calls.recorder import CallFlow
+from callguard.calls.tracker import CallTracker
+from callguard.config import REMOVED_KEYS, Config
 from callguard.crm import offload
 from callguard.errors import CallguardError, exit_code
-from callguard.screening.rules import Schedule, parse_schedule
+from callguard.leads.outbox import OutboxWorker
+from callguard.leads.sinks import build_sink
+from callguard.screening.rules import parse_schedule
+from callguard.screening.screener import ScreenService
 from callguard.store import Store
+from callguard.sync import SyncService, build_sync
+from callguard.web.server import WebServer
 
 log = structlog.get_logger("callguard.app")
 T = TypeVar("T")
@@ -36,57 +44,38 @@ class Part(Protocol):
 
 
 @dataclass
-class Runtime:
-    """What the parts share: config, store, and references health/readiness reads."""
+class Parts:
+    """The service's parts, built once with what each needs (no service locator): ``ordered`` is the
+    start order; stop runs it in reverse."""
 
-    cfg: Config
-    store: Store
-    schedule: Schedule
-    parts: dict[str, Any] = field(default_factory=dict)
+    screener: ScreenService
+    agi: AgiServer
+    outbox: OutboxWorker
+    calls: CallFlow | None = None
+    ami: AmiClient | None = None
+    sync: SyncService | None = None
+    web: WebServer | None = None
 
-
-def build_parts(rt: Runtime) -> list[Part]:
-    """The parts in start order. Later issues add theirs here."""
-    from callguard.agi.pool import AgiPool, uses_workers
-    from callguard.agi.server import AgiServer
-    from callguard.screening.screener import ScreenService
-
-    screener = ScreenService(rt.cfg, rt.store, rt.schedule)
-    agi: Part = (
-        AgiPool(rt.cfg, screener) if uses_workers(rt.cfg) else AgiServer(rt.cfg.agi, {"screen": screener.handle})
-    )
-    parts: list[Part] = [screener, agi]
-    parts.extend(_missed_call_parts(rt, screener))
-    if rt.cfg.crm.kind != "none":
-        # Before web: webhooks hand contact ids to the running sync part.
-        from callguard.sync import build_sync
-
-        parts.append(build_sync(rt))
-    if rt.cfg.web.enabled:
-        # Last: it reports on the others (readiness), so they exist when it serves.
-        from callguard.web.server import WebServer
-
-        parts.append(WebServer(rt))
-    return parts
+    def ordered(self) -> list[Part]:
+        # outbox → calls → ami: stop (reverse) ends intake first, then persists the tracker's outcomes,
+        # then stops delivery; sync before web (webhooks hand it contact ids); web last (it reports on all).
+        candidates: list[Part | None] = [self.screener, self.agi, self.outbox, self.calls, self.ami, self.sync,
+                                         self.web]
+        return [p for p in candidates if p is not None]
 
 
-def _missed_call_parts(rt: Runtime, screener: Any) -> list[Part]:
-    """The outbox worker always runs (queued leads leave even with AMI off); with ``ami.enabled`` the
-    tracker and the AMI link too. Start order outbox → calls → ami, so stop (reverse) ends intake first,
-    then persists the tracker's outcomes, then stops delivery."""
-    from callguard.leads.outbox import OutboxWorker
-    from callguard.leads.sinks import build_sink
-
-    worker = OutboxWorker(rt.cfg, rt.store, build_sink(rt.cfg, rt.store))
-    parts: list[Part] = [worker]
-    if rt.cfg.ami.enabled:
-        from callguard.ami.client import AmiClient
-        from callguard.calls.recorder import CallFlow
-        from callguard.calls.tracker import CallTracker
-
-        flow = CallFlow(CallTracker(rt.cfg), rt.store, on_lead=worker.wake)
-        screener.subscribe(flow.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid
-        parts += [flow, AmiClient(rt.cfg.ami, flow.on_event, flow.on_link_lost)]
+def build_parts(cfg: Config, store: Store) -> Parts:
+    screener = ScreenService(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
+    # The outbox worker always runs (queued leads leave even with AMI off).
+    parts = Parts(screener, AgiServer(cfg.agi, screener), OutboxWorker(cfg, store, build_sink(cfg, store)))
+    if cfg.ami.enabled:
+        parts.calls = CallFlow(CallTracker(cfg), store, on_lead=parts.outbox.wake)
+        screener.subscribe(parts.calls.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid
+        parts.ami = AmiClient(cfg.ami, parts.calls.on_event, parts.calls.on_link_lost)
+    if cfg.crm.kind != "none":
+        parts.sync = build_sync(cfg, store)
+    if cfg.web.enabled:
+        parts.web = WebServer(cfg, store, screener=screener, agi=parts.agi, ami=parts.ami, sync=parts.sync)
     return parts
 
 
@@ -94,13 +83,10 @@ def run_loop(main: Coroutine[Any, Any, T]) -> T:
     """``asyncio.run`` on uvloop when it is installed (it is a dependency; a missing one falls back):
     uvloop roughly halves the per-connection cost of the FastAGI path (scripts/bench_agi.py)."""
     try:
-        try:
-            import uvloop
-        except ImportError:
-            return asyncio.run(main)
-        return uvloop.run(main)
-    finally:
-        log_setup.flush()  # the last lines the loop's flush timer did not reach
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 def _startup_failed(part: str, error: CallguardError) -> None:
@@ -111,25 +97,24 @@ class Service:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.started: list[Part] = []
-        self.runtime: Runtime | None = None
+        self.store: Store | None = None
+        self.parts: Parts | None = None
         self.stall: watchdog.StallWatchdog | None = None
 
-    async def start(self) -> Runtime:
+    async def start(self) -> Parts:
         """Open the store, then start the parts in order. A failure a restart cannot cure (a typed
         ``CallguardError``: store, bind) logs one ``startup_failed`` and propagates; the CLI prints it as
         one line and exits with its code (``errors.exit_code``)."""
         try:
-            store = await Store.open(self.cfg.store.path, self.cfg.store.busy_timeout_ms)
+            self.store = await Store.open(self.cfg.store.path, self.cfg.store.busy_timeout_ms)
         except CallguardError as e:
             _startup_failed("store", e)
             raise
-        rt = Runtime(self.cfg, store, parse_schedule(self.cfg.hours, self.cfg.phone.default_region))
-        self.runtime = rt
         name = "build"
         try:
-            for part in build_parts(rt):
+            self.parts = build_parts(self.cfg, self.store)
+            for part in self.parts.ordered():
                 name = part.name
-                rt.parts[part.name] = part
                 await part.start()
                 self.started.append(part)
                 log.info("part_started", part=part.name)
@@ -138,7 +123,7 @@ class Service:
                 _startup_failed(name, e)
             await self.stop()
             raise
-        return rt
+        return self.parts
 
     async def stop(self) -> None:
         while self.started:
@@ -151,19 +136,15 @@ class Service:
         if self.stall is not None:  # kept through the drain: a loop frozen there holds callers too
             self.stall.stop()
             self.stall = None
-        offload.shutdown()  # the CRM page parser's worker process, if a sync started one
-        if self.runtime is not None:
-            await self.runtime.store.close()
-            self.runtime = None
+        offload.shutdown()  # the opt-in CRM page parser process (sync.parse_workers > 0), if a sync started one
+        if self.store is not None:
+            await self.store.close()
+            self.store = None
+        self.parts = None
 
-    def _watch(self, rt: Runtime) -> watchdog.StallWatchdog | None:
-        """The stall watchdog for the main process's loop; it shuts the FastAGI sockets the ``agi`` part
-        holds (none with workers: they hold theirs and watch their own loops)."""
-        agi = rt.parts.get("agi")
-        no_fds: watchdog.Fds = list
-        return watchdog.start(
-            self.cfg, "main", getattr(agi, "held_fds", no_fds), getattr(agi, "listen_fds", no_fds),
-        )
+    def _watch(self, parts: Parts) -> watchdog.StallWatchdog | None:
+        """The stall watchdog for the loop; it shuts the FastAGI sockets the ``agi`` part holds."""
+        return watchdog.start(self.cfg, parts.agi.held_fds, parts.agi.listen_fds)
 
     async def run_until_signal(self) -> int:
         stop = asyncio.Event()
@@ -172,10 +153,12 @@ class Service:
             loop.add_signal_handler(sig, stop.set)
         notifier = sdnotify.Notifier()
         try:
-            rt = await self.start()
-            self.stall = self._watch(rt)
+            parts = await self.start()
+            self.stall = self._watch(parts)
             stalls = watchdog.StallLog(watchdog.stall_log_path(self.cfg))
-            metrics.LOOP_STALLS.source = stalls.count  # read at scrape time: a worker's stall counts at once
+            metrics.LOOP_STALLS.source = stalls.count  # read at scrape time
+            for key in self.cfg.ignored:
+                log.warning("config_key_ignored", key=key, why=REMOVED_KEYS[key])
             log.info("service_ready", config=str(self.cfg.source) if self.cfg.source else "embedded defaults",
                      loop_stalls=stalls.count())
             notifier.ready(status="serving")  # after every part started: systemd's "active"

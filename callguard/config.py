@@ -8,6 +8,7 @@ field (and documenting it in ``config.toml``). Unknown keys, wrong types and bad
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import re
 import tomllib
@@ -44,7 +45,6 @@ class Duration(float):
 
 # --- ranges: every number and duration declares its own, next to its default ----------------------
 
-MAX_AGI_WORKERS = 32
 MAX_ID = 10**12  # CRM ids (users, pipelines, accounts); 0 = not set
 
 
@@ -118,6 +118,60 @@ class HoursConfig:
     holidays: list[str] = field(default_factory=list)
 
 
+# --- business hours: the "HH:MM-HH:MM" syntax, pure; screening/rules.py builds its Schedule from it ----
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+_CLOCK_RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+Ranges = tuple[tuple[dt.time, dt.time], ...]
+
+
+def parse_ranges(text: str, key: str) -> Ranges:
+    """``"09:00-13:00, 14:00-18:00"`` → ((start, end), …); ``…-24:00`` runs to the end of the day."""
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        m = _CLOCK_RANGE.match(part)
+        if not m:
+            raise ConfigError(f"expected 'HH:MM-HH:MM', got {part!r}", key)
+        h1, m1, h2, m2 = map(int, m.groups())
+        if h2 == 24 and m2 == 0:
+            h2, m2 = 23, 59
+        try:
+            start, end = dt.time(h1, m1), dt.time(h2, m2, 59 if (h2, m2) == (23, 59) else 0)
+        except ValueError as e:
+            raise ConfigError(f"bad time in {part!r}", key) from e
+        if end <= start:
+            raise ConfigError(f"range ends before it starts: {part!r}", key)
+        out.append((start, end))
+    return tuple(out)
+
+
+def parse_week(days: dict[str, str], key: str) -> dict[str, Ranges]:
+    week = {}
+    for day, text in days.items():
+        if day not in DAYS:
+            raise ConfigError(f"unknown day {day!r} (use {', '.join(DAYS)})", f"{key}.{day}")
+        week[day] = parse_ranges(text, f"{key}.{day}")
+    return week
+
+
+def parse_holidays(texts: list[str]) -> frozenset[dt.date]:
+    holidays = set()
+    for i, text in enumerate(texts):
+        try:
+            holidays.add(dt.date.fromisoformat(text))
+        except ValueError as e:
+            raise ConfigError(f"expected YYYY-MM-DD, got {text!r}", f"hours.holidays[{i}]") from e
+    return frozenset(holidays)
+
+
+def _validate_hours(cfg: HoursConfig) -> None:
+    parse_holidays(cfg.holidays)
+    for did, days in cfg.per_did.items():
+        parse_week(days, f"hours.per_did.{did}")
+    parse_week(cfg.days, "hours.days")
+
+
 @dataclass(frozen=True)
 class AgiConfig:
     host: str = "127.0.0.1"
@@ -127,9 +181,6 @@ class AgiConfig:
     max_header_bytes: int = num(16384, 1024, 1 << 20)
     max_connections: int = num(1000, 1, 65536)
     drain_seconds: float = num(5.0, 0.0, 20.0)  # below TimeoutStopSec=30s in the systemd unit
-    # Screening processes sharing the listening socket (callguard/agi/pool.py); 0 screens on the main
-    # process's event loop, beside AMI, sync and web.
-    workers: int = num(2, 0, MAX_AGI_WORKERS)
 
 
 @dataclass(frozen=True)
@@ -231,9 +282,19 @@ class SyncConfig:
     # Contacts written per transaction during a sync: small enough that the writer never holds the
     # database long (screens read through WAL and never wait), large enough to be fast.
     batch: int = num(250, 1, 10_000)
-    # Processes that decode and parse amoCRM contact pages, so the event loop answering calls never
-    # does (callguard.crm.offload); 0 parses on the loop, in slices.
-    parse_workers: int = num(1, 0, 8)
+    # 0 (one process): amoCRM contact pages are parsed on the event loop, in slices. > 0: opt-in worker
+    # processes do it (callguard.crm.offload). Kept opt-in until the 1M-contact measurement
+    # (scripts/bench_sync.py --parse-workers 0|1, screens p99 during the sync ≤ 5 ms) decides.
+    parse_workers: int = num(0, 0, 8)
+
+
+@dataclass(frozen=True)
+class WebUser:
+    """A login for the dashboard and lists pages (callguard.web.auth); ``callguard passwd NAME`` makes the
+    hash (callguard.passwords)."""
+
+    name: str = ""
+    password_hash: str = ""
 
 
 @dataclass(frozen=True)
@@ -248,6 +309,8 @@ class WebConfig:
     header_timeout: Duration = dur("10s", "1s", "5m")
     keepalive_timeout: Duration = dur("15s", "1s", "1h")
     max_connections: int = num(256, 8, 65536)
+    # Who may log in to the pages at / besides the web token: [[web.users]] name = "…", password_hash = "…".
+    users: list[WebUser] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -280,6 +343,8 @@ class Config:
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     source: Path | None = None
+    # Keys of an older release found in the file and ignored (REMOVED_KEYS says why); `run` logs them.
+    ignored: tuple[str, ...] = ()
 
 
 # Environment variables that override secrets; the file may leave them empty.
@@ -295,6 +360,8 @@ ENV_SECRETS: dict[str, tuple[str, ...]] = {
 }
 
 SECRET_KEYS = frozenset(".".join(path) for path in ENV_SECRETS.values()) | {"crm.amocrm.refresh_token"}
+# Not secrets to scrub from bodies (they never leave), but masked wherever the config is shown.
+HIDDEN_KEYS = SECRET_KEYS | {"web.users.password_hash"}
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -367,9 +434,32 @@ def _check_value(value: Any, tp: Any, key: str) -> Any:
     return _check_scalar(value, tp, key)
 
 
+# Fields of Config that are facts about the load, not keys of the file.
+META_FIELDS = frozenset({"source", "ignored"})
+
+# Keys a release took away. An upgrade keeps the admin's config.toml, so such a key is ignored (and
+# `run` logs config_key_ignored with the reason) rather than refused: refusing would leave the service
+# down after an upgrade, every call unscreened, for a line that no longer matters.
+REMOVED_KEYS = {"agi.workers": "removed: callguard screens in one process (issue 13); delete this line"}
+
+
+def _drop_removed(raw: dict[str, Any]) -> tuple[str, ...]:
+    """Take the REMOVED_KEYS out of the file's table; the ones found, for ``Config.ignored``."""
+    found = []
+    for key in REMOVED_KEYS:
+        *path, leaf = key.split(".")
+        node: Any = raw
+        for part in path:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            del node[leaf]
+            found.append(key)
+    return tuple(found)
+
+
 def _build(cls: Any, table: dict[str, Any], prefix: str = "") -> Any:
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    names = {f.name for f in dataclasses.fields(cls) if f.name not in META_FIELDS}
     for k in table:
         if k not in names:
             key = f"{prefix}.{k}" if prefix else k
@@ -428,6 +518,23 @@ def _validate_crm(cfg: Config) -> None:
                           "https://<portal>/rest/<user>/<secret>/", "crm.bitrix24.webhook_url")
 
 
+def _validate_web_users(users: list[WebUser]) -> None:
+    from callguard import passwords
+
+    seen: set[str] = set()
+    for i, user in enumerate(users):
+        key = f"web.users[{i}]"
+        if not user.name.strip() or len(user.name) > 64 or not user.name.isprintable():
+            raise ConfigError("needs a name of 1 to 64 printable characters", f"{key}.name")
+        if user.name.casefold() in seen:
+            raise ConfigError(f"{user.name!r} is listed twice", f"{key}.name")
+        seen.add(user.name.casefold())
+        try:
+            passwords.parse(user.password_hash)
+        except ValueError as e:
+            raise ConfigError(str(e), f"{key}.password_hash") from None
+
+
 def _validate(cfg: Config) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -443,14 +550,12 @@ def _validate(cfg: Config) -> None:
     _validate_crm(cfg)
     if cfg.service.stall_timeout and not 0.5 <= cfg.service.stall_timeout <= 60:
         raise ConfigError("must be 0 (off) or 0.5 s to 60 s", "service.stall_timeout")
+    _validate_web_users(cfg.web.users)
     if cfg.outbox.sink == "webhook" and not cfg.outbox.webhook.url:
         raise ConfigError("sink 'webhook' needs outbox.webhook.url", "outbox.webhook.url")
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
         raise ConfigError("sink 'crm' needs crm.kind = 'amocrm' or 'bitrix24'", "outbox.sink")
-    # Imported late: screening imports config types.
-    from callguard.screening.rules import parse_schedule
-
-    parse_schedule(cfg.hours)
+    _validate_hours(cfg.hours)
 
 
 def load_config(
@@ -476,11 +581,12 @@ def load_config(
     for var, keypath in ENV_SECRETS.items():
         if env.get(var):
             _set_path(raw, keypath, env[var])
+    ignored = _drop_removed(raw)
     cfg: Config = _build(Config, raw)
     base = source.parent if source else Path.cwd()
     if not cfg.store.path.is_absolute() and str(cfg.store.path) != ":memory:":
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=base / cfg.store.path))
-    cfg = dataclasses.replace(cfg, source=source)
+    cfg = dataclasses.replace(cfg, source=source, ignored=ignored)
     _validate(cfg)
     return cfg
 
@@ -502,7 +608,9 @@ def redacted(cfg: Config) -> dict[str, Any]:
     def walk(obj: Any, key: str) -> Any:
         if dataclasses.is_dataclass(obj):
             return {f.name: walk(getattr(obj, f.name), f"{key}.{f.name}") for f in dataclasses.fields(obj)}
-        if key in SECRET_KEYS:
+        if isinstance(obj, list):
+            return [walk(v, key) for v in obj]
+        if key in HIDDEN_KEYS:
             return "***" if obj else ""
         if isinstance(obj, Path):
             return str(obj)

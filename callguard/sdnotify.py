@@ -18,8 +18,6 @@ import structlog
 
 log = structlog.get_logger("callguard.sdnotify")
 
-# The variables systemd sets for the main process; the AGI workers must not inherit them.
-ENV_VARS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 # A ping every sixth of WatchdogSec (0.25 s for the unit's 1.5 s): systemd then acts no sooner than
 # 1.25 s into a freeze, after the stall watchdog (service.stall_timeout, 1 s), which logs and counts.
 PINGS_PER_PERIOD = 6

@@ -4,13 +4,13 @@ Asterisk has no read timeout on a FastAGI socket (verified on 22.10.1), and the 
 connections for a listener whose loop is frozen. So the loop beats a heartbeat (``BEAT_INTERVAL``) and a
 daemon thread, which runs while the loop is blocked in a system call or in Python code (the GIL switches
 every 5 ms), checks it. When the loop has not beaten for ``service.stall_timeout`` the thread runs the
-stall action (``StallResponse``): it shuts every FastAGI socket this process holds, so Asterisk reads EOF
-and the dialplan fails open; logs ``loop_stalled``; appends the stall to the stall log (counted by
-``callguard_loop_stalls_total`` after the restart); and exits the process with EXIT_STALLED (70) for
-systemd (or the AGI pool, for a worker) to start it again.
+stall action (``StallResponse``): it shuts the listening socket and every FastAGI connection the process
+holds, so Asterisk reads EOF (or a reset) and the dialplan fails open; logs ``loop_stalled``; appends the
+stall to the stall log (counted by ``callguard_loop_stalls_total`` after the restart); and exits the
+process with EXIT_STALLED (70) for systemd to start it again.
 
 A process that is stopped (SIGSTOP) or frozen with the GIL held stops its thread too: systemd's
-watchdog (``sdnotify``) and, for a worker, the AGI pool's link supervision cover that case.
+watchdog (``sdnotify``) covers that case.
 """
 
 from __future__ import annotations
@@ -44,16 +44,16 @@ def stall_log_path(cfg: Config) -> Path | None:
 
 
 class StallLog:
-    """One line per stall, appended with one ``write`` (O_APPEND: the workers' and the main process's lines
-    never mix). Written from the watchdog thread: no SQLite, whose lock the frozen loop may hold."""
+    """One line per stall, appended with one ``write`` (O_APPEND). Written from the watchdog thread: no
+    SQLite, whose lock the frozen loop may hold."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
 
-    def record(self, stalled_s: float, role: str) -> None:
+    def record(self, stalled_s: float) -> None:
         if self.path is None:
             return
-        line = f"{time.time():.3f} pid={os.getpid()} role={role} stalled_s={stalled_s:.3f}\n".encode()
+        line = f"{time.time():.3f} pid={os.getpid()} stalled_s={stalled_s:.3f}\n".encode()
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         try:
             os.write(fd, line)
@@ -90,19 +90,13 @@ def shutdown_fds(fds: list[int]) -> int:
     return done
 
 
-def _no_fds() -> list[int]:
-    return []
-
-
 @dataclass
 class StallResponse:
-    """The default stall action. ``held``: the FastAGI connections this process holds; ``listening``: the
-    listening sockets to shut, only in single-process mode (an AGI worker must not shut the socket its
-    siblings accept on: shutdown acts on the shared socket, not on this process's descriptor)."""
+    """The default stall action. ``held``: the FastAGI connections this process holds; ``listening``: its
+    listening sockets (shut first, so no new call queues behind the frozen loop)."""
 
-    role: str
     held: Fds
-    listening: Fds = _no_fds
+    listening: Fds
     stall_log: StallLog | None = None
     log_fd: int = 2
     exit: Callable[[int], object] = os._exit
@@ -113,19 +107,20 @@ class StallResponse:
         self._log(stalled_s, held, listening)
         try:
             if self.stall_log is not None:
-                self.stall_log.record(stalled_s, self.role)
+                self.stall_log.record(stalled_s)
         except OSError as e:
             self._log_line({"event": "loop_stall_not_recorded", "level": "error", "error": str(e)})
         self.exit(EXIT_STALLED)
 
     def _log(self, stalled_s: float, held: int, listening: int) -> None:
         self._log_line({
-            "event": "loop_stalled", "level": "error", "stalled_s": round(stalled_s, 3), "role": self.role,
-            "held_connections": held, "listening_closed": listening, "pid": os.getpid(), "exit_code": EXIT_STALLED,
+            "event": "loop_stalled", "level": "error", "stalled_s": round(stalled_s, 3), "held_connections": held,
+            "listening_closed": listening, "pid": os.getpid(), "exit_code": EXIT_STALLED,
         })
 
     def _log_line(self, doc: dict[str, object]) -> None:
-        """Straight to the fd in one ``write``: the log's LineBuffer lock may be held by the frozen thread."""
+        """Straight to the fd in one ``write`` of one line, taking no lock: structlog's logger holds one
+        per file while it writes, and the frozen loop may be the thread holding it."""
         doc["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         with contextlib.suppress(OSError):
             os.write(self.log_fd, orjson.dumps(doc) + b"\n")
@@ -187,11 +182,11 @@ def log_fd() -> int:
         return 2
 
 
-def start(cfg: Config, role: str, held: Fds, listening: Fds = _no_fds) -> StallWatchdog | None:
+def start(cfg: Config, held: Fds, listening: Fds) -> StallWatchdog | None:
     """Start the watchdog for this process (``service.stall_timeout``; None when it is 0)."""
     if not cfg.service.stall_timeout:
         return None
-    response = StallResponse(role, held, listening, StallLog(stall_log_path(cfg)), log_fd())
+    response = StallResponse(held, listening, StallLog(stall_log_path(cfg)), log_fd())
     watchdog = StallWatchdog(cfg.service.stall_timeout, response)
     watchdog.start()
     return watchdog

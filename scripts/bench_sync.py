@@ -3,23 +3,26 @@
 FastAGI screens keep coming. Prints figures; not a test.
 
 The processes, as on a PBX host: the amoCRM fake (tests/fakes/amocrm.py ``generated=N``, which
-computes each page on the fly and holds no contact list); callguard as ``callguard run`` arranges it (this
-process: store, the sync and the screen records; its page parser process; ``--workers`` AGI worker
-processes that answer the screens, 0 = on this event loop); and a client that plays Asterisk
+computes each page on the fly and holds no contact list); callguard as ``callguard run`` arranges it with
+one process (this one: store, the sync, the FastAGI server and the screener on ONE event loop; with
+``--parse-workers 1`` also the opt-in page parser process, crm.offload); and a client that plays Asterisk
 (``--client``), sending the recorded AGI request at ``--rate`` screens/s with callers drawn from the
 synced numbers. Screen latency is from the request written to the verdict read. Memory is given for this
 process alone and for all of callguard's processes (summed RSS, PSS, private).
 
     .venv/bin/python scripts/bench_sync.py                      # 1,000,000 contacts, 200 screens/s
     .venv/bin/python scripts/bench_sync.py --contacts 100000
+    .venv/bin/python scripts/bench_sync.py --parse-workers 1    # the same with the opt-in page parser
 
-Targets (issue 4): full sync ≤ 60 s, peak RSS ≤ 150 MB, screen p99 during the sync ≤ 5 ms.
+Targets (issues 4, 13): full sync ≤ 60 s, peak RSS ≤ 150 MB, screen p99 during the sync ≤ 5 ms. The
+1M-contact run with --parse-workers 0 against 1 decides whether crm.offload stays (issue 13).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -131,7 +134,6 @@ def start_fake(contacts: int) -> tuple[subprocess.Popen[str], str]:
 
 async def run(args: argparse.Namespace) -> None:
     from callguard import log
-    from callguard.agi.pool import AgiPool, uses_workers
     from callguard.agi.server import AgiServer
     from callguard.config import load_config
     from callguard.crm import offload
@@ -146,16 +148,23 @@ async def run(args: argparse.Namespace) -> None:
     fake, url = start_fake(args.contacts)
     tmp = Path(tempfile.mkdtemp(prefix="bench_sync_"))
     (tmp / "config.toml").write_text(
-        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\nworkers = {args.workers}\n'
+        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\nmax_connections = 2000\n'
         f'[crm]\nkind = "amocrm"\n'
-        f'[crm.amocrm]\nbase_url = "{url}"\ntoken = "amo-token"\nspam_field = "Спам"\nrate_rps = 0.0\n'
+        f'[crm.amocrm]\nbase_url = "{url}"\ntoken = "amo-token"\nspam_field = "Спам"\n'
         + f"[sync]\nparse_workers = {args.parse_workers}\n" + (f"batch = {args.batch}\n" if args.batch else ""))
-    cfg = load_config(tmp / "config.toml", env={})
+    try:
+        cfg = load_config(tmp / "config.toml", env={})
+    except BaseException:
+        fake.terminate()
+        raise
+    # Rate limit off (0 disables the token bucket; config.toml's range starts at 0.1): the fake's speed,
+    # not amoCRM's 7 rps, is the ceiling here.
+    amo = dataclasses.replace(cfg.crm.amocrm, rate_rps=0.0)
+    cfg = dataclasses.replace(cfg, crm=dataclasses.replace(cfg.crm, amocrm=amo))
     log.configure("json", "info", stream=open(os.devnull, "w"), final=True)  # noqa: SIM115, ASYNC230
     store = await Store.open(cfg.store.path)
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
-    # As `callguard run` builds it: screening in worker processes unless --workers 0.
-    agi = AgiPool(cfg, screener) if uses_workers(cfg) else AgiServer(cfg.agi, {"screen": screener.handle})
+    agi = AgiServer(cfg.agi, screener)  # as `callguard run` builds it: screening on this event loop
     await screener.start()
     await agi.start()
     crm = AmoCrm(cfg, store)
@@ -168,15 +177,14 @@ async def run(args: argparse.Namespace) -> None:
     peak_pss = peak_private = 0.0
     me = os.getpid()
     try:
-        screeners = [w.pid for w in agi.workers if w.pid] if isinstance(agi, AgiPool) else []
         cpu0 = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
-                "client": cpu_s(client_proc.pid), "screeners": sum(cpu_s(pid) for pid in screeners)}
+                "client": cpu_s(client_proc.pid)}
         t0 = time.perf_counter()
         task = asyncio.create_task(sync.full())
         while not task.done():
             await asyncio.wait({task}, timeout=0.5)
             peak = max(peak, rss_mb())
-            helpers = [*screeners, *_parser_pids(offload)]
+            helpers = _parser_pids(offload)
             peak_all = max(peak_all, rss_mb() + sum(rss_mb(pid) for pid in helpers))
             mems = [memory_mb(), *(memory_mb(pid) for pid in helpers)]
             peak_pss = max(peak_pss, sum(m[0] for m in mems))
@@ -184,7 +192,7 @@ async def run(args: argparse.Namespace) -> None:
         report = task.result()
         wall = time.perf_counter() - t0
         cpu = {"callguard": cpu_s(me), "loop": cpu_s(me, me), "fake": cpu_s(fake.pid),
-               "client": cpu_s(client_proc.pid), "screeners": sum(cpu_s(pid) for pid in screeners)}
+               "client": cpu_s(client_proc.pid)}
         cpu = {k: v - cpu0[k] for k, v in cpu.items()}
         # The page parser's worker process (crm.offload; private attribute, fine for a benchmark).
         cpu["workers"] = sum(cpu_s(pid) for pid in _parser_pids(offload))
@@ -197,21 +205,24 @@ async def run(args: argparse.Namespace) -> None:
         await agi.stop()
         await screener.stop()
         await store.close()
+        offload.shutdown()
         fake.terminate()
         fake.wait()
     maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+    parsing = f"in {args.parse_workers} offload process(es)" if args.parse_workers else "on the loop, in slices"
+    print(f"one process (screens and sync on one event loop), page parsing {parsing}")
     print(f"full sync of {report.contacts:,} contacts ({report.pages} pages, {phones:,} phones, {spam:,} spam) "
           f"from the amoCRM fake, rate limit off")
     print(f"  wall time        {wall:.1f} s   (target ≤ 60 s)")
     print(f"  contacts/s       {report.contacts / wall:,.0f}")
     print(f"  RSS              before {rss_before:.0f} MB, peak sampled {peak:.0f} MB, ru_maxrss {maxrss:.0f} MB "
           f"(target ≤ 150 MB)")
-    print(f"                   all callguard processes (main + AGI workers + page parser), peak sampled: "
+    print(f"                   all callguard processes (main + page parser), peak sampled: "
           f"RSS summed {peak_all:.0f} MB (a shared page counts in every process mapping it), PSS {peak_pss:.0f} MB, "
           f"private {peak_private:.0f} MB")
     print(f"  CPU during sync  callguard {cpu['callguard']:.1f} s (event loop thread {cpu['loop']:.1f} s) "
-          f"+ page parser worker {cpu['workers']:.1f} s + {len(screeners)} AGI workers {cpu['screeners']:.1f} s, "
+          f"+ page parser worker {cpu['workers']:.1f} s, "
           f"CRM fake {cpu['fake']:.1f} s, Asterisk client {cpu['client']:.1f} s; "
           f"{cpu['loop'] * 1e6 / max(report.contacts, 1):.0f} µs loop CPU per contact")
     print(f"  screens during   n={screens['n']} at {args.rate:.0f}/s, errors={screens['errors']}: "
@@ -226,8 +237,8 @@ def main() -> None:
     ap.add_argument("--switch-interval", type=float, default=0.0,
                     help="sys.setswitchinterval for the callguard process (default: Python's 5 ms)")
     ap.add_argument("--batch", type=int, default=0, help="sync.batch (default: the config's)")
-    ap.add_argument("--parse-workers", type=int, default=1, help="sync.parse_workers")
-    ap.add_argument("--workers", type=int, default=2, help="agi.workers (0: screen on the sync's event loop)")
+    ap.add_argument("--parse-workers", type=int, default=0,
+                    help="sync.parse_workers: 0 parses on the loop (the default), 1 in the opt-in offload process")
     ap.add_argument("--client", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
     from callguard.app import run_loop  # uvloop, as `callguard run` uses

@@ -13,10 +13,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from callguard import metrics
-from callguard.agi.server import AgiServer, AgiSession
+from callguard.agi.connection import AgiSession
+from callguard.agi.server import AgiServer
 from callguard.config import Config
 from callguard.screening.rules import parse_schedule
-from callguard.screening.screener import ARRAY_RECHECK_S, ScreenService
+from callguard.screening.screener import ScreenService
 from callguard.store import Store
 from callguard.store.db import HOT_BUSY_TIMEOUT_MS
 from callguard.store.numbers import Lookup
@@ -57,7 +58,7 @@ async def _start(cfg: Config, store: Store, **agi: object) -> Running:
     cfg = dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=0, **agi))
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
     await screener.start()
-    server = AgiServer(cfg.agi, {"screen": screener.handle})
+    server = AgiServer(cfg.agi, screener)
     await server.start()
     return Running(server, screener, store)
 
@@ -113,52 +114,48 @@ CONTACT_VARIABLES = {
     "CALLGUARD_CONTACT_NAME": 'Ivan "Big" Petrov',
     "CALLGUARD_OWNER": "Anna",
 }
-ARRAY_COMMAND = (
-    'SET VARIABLE ARRAY(CALLGUARD_VERDICT,CALLGUARD_CONTACT_ID,CALLGUARD_CONTACT_NAME,CALLGUARD_OWNER) '
-    '"clean,4711,Ivan \\\\\\"Big\\\\\\" Petrov,Anna"'
-)
+CONTACT_COMMANDS = [  # one SET VARIABLE each, the verdict first (DESIGN.md, the dialplan contract)
+    "SET VARIABLE CALLGUARD_VERDICT clean",
+    "SET VARIABLE CALLGUARD_CONTACT_ID 4711",
+    'SET VARIABLE CALLGUARD_CONTACT_NAME "Ivan \\"Big\\" Petrov"',
+    "SET VARIABLE CALLGUARD_OWNER Anna",
+]
 
 
 async def test_known_contact_sets_contact_variables(running: Running) -> None:
     await _add_contact(running.store)
     header = load("s02_clean_answered").header
-    first = Channel()
-    # One ARRAY() round trip; the first time, the verdict is read back to prove ARRAY() exists.
-    assert await session(running.port, header, channel=first) == [ARRAY_COMMAND, "GET VARIABLE CALLGUARD_VERDICT"]
-    assert first.variables == CONTACT_VARIABLES
-    later = Channel()
-    assert await session(running.port, header, channel=later) == [ARRAY_COMMAND]
-    assert later.variables == CONTACT_VARIABLES
+    for _ in range(2):  # every call the same: no state between calls
+        channel = Channel()
+        assert await session(running.port, header, channel=channel) == CONTACT_COMMANDS
+        assert channel.variables == CONTACT_VARIABLES
 
 
 async def test_contact_variables_without_func_strings(running: Running) -> None:
-    """An Asterisk without func_strings.so answers 200 to ARRAY() and sets nothing: the read-back
-    shows it, the same call gets its variables one by one, and so does every later call."""
+    """An Asterisk without func_strings.so (no ARRAY()) gets exactly the same commands and variables:
+    callguard never uses a dialplan function to set them, and logs no error about it."""
     await _add_contact(running.store)
-    header = load("s02_clean_answered").header
-    plain = [
-        "SET VARIABLE CALLGUARD_VERDICT clean",
-        "SET VARIABLE CALLGUARD_CONTACT_ID 4711",
-        'SET VARIABLE CALLGUARD_CONTACT_NAME "Ivan \\"Big\\" Petrov"',
-        "SET VARIABLE CALLGUARD_OWNER Anna",
-    ]
     with capture_logs() as logs:
-        first = Channel(func_strings=False)
-        assert await session(running.port, header, channel=first) == [
-            ARRAY_COMMAND, "GET VARIABLE CALLGUARD_VERDICT", *plain
-        ]
-        later = Channel(func_strings=False)
-        assert await session(running.port, header, channel=later) == plain
-    assert first.variables == later.variables == CONTACT_VARIABLES
-    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["agi_array_unsupported"]
-    # The admin loads func_strings.so: the next check finds ARRAY() working and one command is back.
-    running.screener._array_checked -= ARRAY_RECHECK_S
+        channel = Channel(func_strings=False)
+        assert await session(running.port, load("s02_clean_answered").header, channel=channel) == CONTACT_COMMANDS
+    assert channel.variables == CONTACT_VARIABLES
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == []
+
+
+async def test_a_rejected_command_stops_the_rest(running: Running) -> None:
+    """Asterisk refusing a SET VARIABLE (520) ends the writes: the verdict went first, the dialplan
+    branches on what it has, and the screen is recorded as not delivered."""
+    await _add_contact(running.store)
+
+    class Refusing(Channel):
+        def execute(self, command: str) -> str:
+            return "520 Invalid command syntax." if "CONTACT_ID" in command else super().execute(command)
+
     with capture_logs() as logs:
-        fixed = Channel()
-        assert await session(running.port, header, channel=fixed) == [ARRAY_COMMAND, "GET VARIABLE CALLGUARD_VERDICT"]
-        assert await session(running.port, header, channel=Channel()) == [ARRAY_COMMAND]
-    assert fixed.variables == CONTACT_VARIABLES
-    assert "agi_array_available" in [e["event"] for e in logs]
+        got = await session(running.port, load("s02_clean_answered").header, channel=Refusing())
+    assert got == CONTACT_COMMANDS[:2]
+    assert [e["command"] for e in logs if e["event"] == "agi_command_rejected"] == ["CALLGUARD_CONTACT_ID"]
+    assert [e["delivered"] for e in logs if e["event"] == "call_screened"] == [False]
 
 
 async def test_async_hangup_line_is_not_taken_for_the_reply(running: Running) -> None:
@@ -174,12 +171,13 @@ async def test_recorded_reply_formats_over_the_wire(cfg: Config, store: Store) -
     transcript = load("s11_agi_protocol_replies")
     seen = []
 
-    async def probe(s: AgiSession) -> None:
-        for command, _ in transcript.exchanges:
-            seen.append(await s.send_command(command))
+    class Probe(AgiServer):  # the lab's script instead of the screen
+        async def converse(self, session: AgiSession) -> None:
+            for command, _ in transcript.exchanges:
+                seen.append(await session.send_command(command))
 
     cfg = dataclasses.replace(cfg, agi=dataclasses.replace(cfg.agi, port=0))
-    server = AgiServer(cfg.agi, {"screen": probe})
+    server = Probe(cfg.agi, ScreenService(cfg, store, parse_schedule(cfg.hours)))
     await server.start()
     try:
         assert server.port is not None

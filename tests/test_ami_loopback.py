@@ -44,7 +44,7 @@ async def test_scenario_over_loopback_gives_exactly_the_expected_leads(cfg: Conf
     fake = await FakeAsterisk([Script(events_after_login(name))]).start()
     cfg = loopback_cfg(cfg, fake.port)
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
-    agi = AgiServer(cfg.agi, {"screen": screener.handle})
+    agi = AgiServer(cfg.agi, screener)
     ended: list[CallOutcome] = []
     done = asyncio.Event()
     flow = CallFlow(CallTracker(cfg), store)

@@ -121,7 +121,7 @@ async def test_agi_port_free(cfg: Config) -> None:
 
 async def test_agi_port_answered_by_callguard(cfg: Config, store: Store) -> None:
     screener = ScreenService(cfg, store, parse_schedule(cfg.hours))
-    agi = AgiServer(dataclasses.replace(cfg.agi, port=0), {"screen": screener.handle})
+    agi = AgiServer(dataclasses.replace(cfg.agi, port=0), screener)
     await screener.start()
     await agi.start()
     try:
@@ -161,7 +161,6 @@ async def test_agi_port_taken_by_someone_else(cfg: Config) -> None:
 
 
 async def test_web_port_free_ours_or_taken(cfg: Config, store: Store) -> None:
-    from callguard.app import Runtime
     from callguard.web.server import WebServer
 
     free = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=free_port()))
@@ -170,7 +169,7 @@ async def test_web_port_free_ours_or_taken(cfg: Config, store: Store) -> None:
         == "skip"
     for token in ("", "t0ken-t0ken"):
         running = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, port=0, token=token))
-        server = WebServer(Runtime(running, store, parse_schedule(cfg.hours)))
+        server = WebServer(running, store)
         await server.start()
         try:
             assert server.port is not None

@@ -28,9 +28,11 @@ def test_parse_csv_reports_bad_rows_with_line_numbers() -> None:
     assert result.rows == [
         ("+79123456789", "block", "robocall"),
         ("+79120000001", "allow", "the boss, really"),
-        ("101", "block", "internal test"),
     ]
-    assert [line for line, _ in result.errors] == [6, 7, 8]
+    # 101 is an internal extension: refused unless asked for (a typo, or a colleague blocked).
+    assert [line for line, _ in result.errors] == [6, 7, 8, 9]
+    assert "internal extension" in result.errors[-1][1]
+    assert parse_csv(io.StringIO(text), allow_internal=True).rows[-1] == ("101", "block", "internal test")
 
 
 def _config(tmp_path: Path) -> str:

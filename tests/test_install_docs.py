@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from callguard import errors, metrics
-from callguard.config import Config
+from callguard.config import META_FIELDS, Config
 
 ROOT = Path(__file__).parent.parent
 DOC = (ROOT / "docs" / "admin.md").read_text(encoding="utf-8")
@@ -19,7 +19,7 @@ EVENT = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
 def config_keys(cls: type, prefix: str = "") -> list[str]:
     out = []
     for f in dataclasses.fields(cls):
-        if f.name == "source":
+        if f.name in META_FIELDS:
             continue
         key = f"{prefix}.{f.name}" if prefix else f.name
         default = getattr(cls(), f.name)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,13 +23,14 @@ def test_json_lines_with_utc_iso_timestamps_and_masked_secrets() -> None:
     before = datetime.now(UTC)
     for n in range(3):
         logger.info("call_screened", uniqueid=f"1795435929.{n}", caller="+79123456789", crm_token="abc")
-        time.sleep(0.35)  # across a second boundary: the cached date part must move on
+        time.sleep(0.35)  # across a second boundary
     logger.debug("not_shown")
     after = datetime.now(UTC)
     lines = _lines(stream)
     assert [e["uniqueid"] for e in lines] == ["1795435929.0", "1795435929.1", "1795435929.2"]
     stamps = [str(e["timestamp"]) for e in lines]
-    assert all(s.endswith("Z") and len(s) == len("2026-11-23T19:21:41.600488Z") for s in stamps)
+    # structlog's TimeStamper(fmt="iso", utc=True): microseconds, except on the rare exact microsecond 0
+    assert all(s.endswith("Z") and len(s) in (27, 20) for s in stamps)
     parsed = [datetime.fromisoformat(s.replace("Z", "+00:00")) for s in stamps]
     slack = timedelta(milliseconds=1)  # float seconds to microseconds may round down by one
     assert before - slack <= parsed[0] < parsed[1] < parsed[2] <= after + slack
@@ -61,23 +61,18 @@ def _service_log() -> tuple[_Binary, structlog.typing.FilteringBoundLogger]:
     return binary, structlog.get_logger("test")
 
 
-async def test_service_log_writes_info_lines_together_and_warnings_at_once() -> None:
+async def test_service_log_writes_each_line_whole_and_at_once() -> None:
+    """One write() of one whole line per event, inside a running loop too: nothing is held back, so
+    nothing is lost to a crash and a line never mixes with the watchdog's (callguard/watchdog.py)."""
     binary, logger = _service_log()
     try:
         for n in range(50):
             logger.info("call_screened", uniqueid=str(n), api_token="abc")
-        assert binary.writes == 0  # held for LOG_FLUSH_S
-        logger.warning("agi_read_timeout", peer="x")  # goes out now, after the lines before it
-        # Few writes, each of whole lines and within PIPE_BUF: a worker's and the main process's lines
-        # share one pipe and must not interleave.
-        held = binary.writes
-        assert 1 < held < 10
-        assert all(c.endswith(b"\n") and len(c) <= log.WRITE_MAX for c in binary.chunks)
-        logger.info("call_screened", uniqueid="50")
-        await asyncio.sleep(log.LOG_FLUSH_S * 3)
-        assert binary.writes == held + 1
+            assert binary.writes == n + 1
+        logger.warning("agi_read_timeout", peer="x")
+        assert all(c.endswith(b"\n") and c.count(b"\n") == 1 for c in binary.chunks)
         lines = _lines(binary)
-        assert [e.get("uniqueid") for e in lines] == [*map(str, range(50)), None, "50"]
+        assert [e.get("uniqueid") for e in lines] == [*map(str, range(50)), None]
         assert lines[50]["event"] == "agi_read_timeout" and lines[50]["level"] == "warning"
         assert all(e["api_token"] == "***" for e in lines if "api_token" in e)
     finally:
@@ -93,7 +88,7 @@ def test_service_log_without_a_running_loop_writes_at_once() -> None:
         log.configure("json", "info", stream=io.StringIO())
 
 
-def test_run_loop_writes_out_what_is_held_when_the_loop_ends() -> None:
+def test_run_loop_leaves_nothing_unwritten_when_the_loop_ends() -> None:
     from callguard.app import run_loop
 
     binary, logger = _service_log()

@@ -1,7 +1,7 @@
 """`callguard run` as a real process at the PBX boundary: no caller waits on a hung callguard > 3 s.
 
 A blocked event loop (tests/support/stalling.py) and a stopped process (SIGSTOP under the fake systemd of
-tests/support/supervisor.py), with agi.workers = 0 and the default 2; and the notify protocol itself.
+tests/support/supervisor.py); and the notify protocol itself.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-
-import pytest
 
 from callguard.errors import EXIT_STALLED
 from tests.fakes.asterisk_agi import header_with, load
@@ -37,11 +35,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _config(tmp_path: Path, workers: int) -> tuple[Path, int, int]:
+def _config(tmp_path: Path) -> tuple[Path, int, int]:
     agi, web = _free_port(), _free_port()
     path = tmp_path / "config.toml"
     path.write_text(
-        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {agi}\nworkers = {workers}\n'
+        f'[store]\npath = "cg.sqlite3"\n[agi]\nport = {agi}\n'
         f'[web]\nport = {web}\n[log]\nformat = "json"\n'
     )
     return path, agi, web
@@ -111,7 +109,7 @@ def _run(config: Path, *, stalling: bool = True, **kw: object) -> Supervisor:
 
 
 def test_run_notifies_ready_pings_and_stopping(tmp_path: Path) -> None:
-    config, agi, _ = _config(tmp_path, workers=2)
+    config, agi, _ = _config(tmp_path)
     sup = _run(config, stalling=False, watchdog_sec=1.0)
     sup.start()
     try:
@@ -134,9 +132,8 @@ def test_run_notifies_ready_pings_and_stopping(tmp_path: Path) -> None:
 # --- a blocked event loop ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_blocked_loop_closes_the_call_exits_70_and_is_counted(tmp_path: Path, workers: int) -> None:
-    config, agi, web = _config(tmp_path, workers)
+def test_a_blocked_loop_closes_the_call_exits_70_and_is_counted(tmp_path: Path) -> None:
+    config, agi, web = _config(tmp_path)
     sup = _run(config, watchdog_sec=0)  # callguard's own watchdog alone
     sup.start()
     try:
@@ -146,17 +143,12 @@ def test_a_blocked_loop_closes_the_call_exits_70_and_is_counted(tmp_path: Path, 
         assert _seconds_to_close(s, t0) < BOUND
         stalled = events.wait("loop_stalled", timeout=5)
         assert stalled["held_connections"] == 1 and stalled["exit_code"] == EXIT_STALLED
-        assert stalled["role"] == ("main" if workers == 0 else "worker")
-        if workers == 0:
-            assert sup.wait_exit(10) == EXIT_STALLED
-            sup.close()
-            sup = _run(config)  # systemd's restart
-            sup.start()
-            events = Events(sup.proc.stdout)  # type: ignore[union-attr]
-            assert events.wait("service_ready")["loop_stalls"] == 1
-        else:  # the pool restarts the worker; the service goes on
-            assert events.wait("agi_worker_exited", timeout=10)["exit_code"] == EXIT_STALLED
-            events.wait("agi_worker_restarted", timeout=20)
+        assert sup.wait_exit(10) == EXIT_STALLED
+        sup.close()
+        sup = _run(config)  # systemd's restart
+        sup.start()
+        events = Events(sup.proc.stdout)  # type: ignore[union-attr]
+        assert events.wait("service_ready")["loop_stalls"] == 1
         assert _stalls_metric(web) == 1
         s, t0 = _hold(agi, CLEAN_HEADER)  # and calls are screened again
         assert s.recv(4096).startswith(b"SET VARIABLE CALLGUARD_VERDICT")
@@ -168,11 +160,10 @@ def test_a_blocked_loop_closes_the_call_exits_70_and_is_counted(tmp_path: Path, 
 # --- a stopped process, under the (fake) systemd watchdog --------------------------------------------------
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_stopped_service_is_killed_and_its_calls_closed(tmp_path: Path, workers: int) -> None:
-    """SIGSTOP to every process of the service (as ``systemctl kill -s STOP``) while a caller holds a screen
-    (the server waits for Asterisk's reply) and another rings: both see the socket close within 3 s."""
-    config, agi, _ = _config(tmp_path, workers)
+def test_a_stopped_service_is_killed_and_its_calls_closed(tmp_path: Path) -> None:
+    """SIGSTOP to the service (as ``systemctl kill -s STOP``) while a caller holds a screen (the server
+    waits for Asterisk's reply) and another rings: both see the socket close within 3 s."""
+    config, agi, _ = _config(tmp_path)
     sup = _run(config, stalling=False, watchdog_sec=1.5, abort_sec=0.5)  # the unit's, with its timer slack
     sup.start()
     try:
@@ -191,7 +182,7 @@ def test_a_stopped_service_is_killed_and_its_calls_closed(tmp_path: Path, worker
 
 
 async def test_supervisor_is_usable_from_asyncio(tmp_path: Path) -> None:
-    config, _, _ = _config(tmp_path, workers=0)
+    config, _, _ = _config(tmp_path)
     sup = _run(config, stalling=False, watchdog_sec=0)
     sup.start()
     try:

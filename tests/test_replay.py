@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from callguard.app import Service
-from callguard.calls.recorder import CallFlow
 from callguard.cli import main
 from callguard.config import Config
 from callguard.store import Store
@@ -35,9 +34,10 @@ async def test_service_runs_ami_and_outbox_and_persists_on_stop(cfg: Config) -> 
     cfg = dataclasses.replace(cfg, web=dataclasses.replace(cfg.web, enabled=False))
     service = Service(cfg)
     try:
-        rt = await service.start()
-        assert {"outbox", "calls", "ami"} <= set(rt.parts)
-        flow: CallFlow = rt.parts["calls"]
+        parts = await service.start()
+        assert {"outbox", "calls", "ami"} <= {p.name for p in parts.ordered()}
+        flow = parts.calls
+        assert flow is not None
         await asyncio.wait_for(flow.recorded.wait(), 10)
         started = time.monotonic()
     finally:

@@ -21,11 +21,12 @@ async def test_service_runs_the_sync_part(tmp_path: Path) -> None:
     fake.add_contact("Спам", ["+79995550011"], spam=True)
     service = Service(cfg)
     try:
-        rt = await service.start()
-        sync = rt.parts["sync"]
+        parts = await service.start()
+        sync = parts.sync
+        assert sync is not None and service.store is not None
         async with asyncio.timeout(10):
             await sync.synced.wait()  # the first full sync runs at start
-        hit = await rt.store.numbers.lookup("+79995550011")
+        hit = await service.store.numbers.lookup("+79995550011")
         assert hit.contact is not None and hit.contact.spam and sync.last_error is None
     finally:
         await service.stop()

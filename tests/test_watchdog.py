@@ -8,7 +8,7 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -17,9 +17,11 @@ import uvloop
 
 from callguard import sdnotify, watchdog
 from callguard.agi import rxtime
-from callguard.agi.server import AgiServer, AgiSession
+from callguard.agi.server import AgiServer
 from callguard.config import Config
 from callguard.errors import EXIT_STALLED
+from callguard.screening.rules import Decision, Verdict
+from callguard.screening.screener import Screen, ScreenRequest
 from tests.fakes.asterisk_agi import load
 
 HEADER = load("s02_clean_answered").header + b"\n"
@@ -54,9 +56,9 @@ def test_shutdown_fds_skips_what_is_not_a_connected_socket(tmp_path: Path) -> No
 def test_stall_log_counts_across_processes(tmp_path: Path) -> None:
     log = watchdog.StallLog(tmp_path / "cg.sqlite3.stalls")
     assert log.count() == 0
-    log.record(2.0, "main")
-    if (pid := os.fork()) == 0:  # another process appends to the same file
-        log.record(3.0, "worker")
+    log.record(2.0)
+    if (pid := os.fork()) == 0:  # another process (the restarted service) appends to the same file
+        log.record(3.0)
         os._exit(0)
     os.waitpid(pid, 0)
     assert log.count() == 2
@@ -66,8 +68,27 @@ def test_stall_log_counts_across_processes(tmp_path: Path) -> None:
 # --- the stall action on a real FastAGI server -----------------------------------------------------------
 
 
-async def _serve(cfg: Config, route: Callable[[AgiSession], Awaitable[None]]) -> AgiServer:
-    server = AgiServer(dataclasses.replace(cfg.agi, port=0), {"screen": route})
+class Handler:
+    """A screener stand-in: ``on_screen`` runs inside the synchronous ``screen`` call, as the store read does."""
+
+    def __init__(self, on_screen: Callable[[ScreenRequest], None]) -> None:
+        self.on_screen = on_screen
+
+    def screen(self, request: ScreenRequest) -> Screen:
+        self.on_screen(request)
+        return self.fail_open(request, "test")
+
+    def fail_open(self, request: ScreenRequest, fault: str) -> Screen:
+        from callguard.phone import normalise
+
+        return Screen(request, normalise(request.caller), request.did, Decision(Verdict.CLEAN, fault))
+
+    def record(self, screen: Screen, delivered: bool, hung_up: bool) -> None:
+        pass
+
+
+async def _serve(cfg: Config, on_screen: Callable[[ScreenRequest], None]) -> AgiServer:
+    server = AgiServer(dataclasses.replace(cfg.agi, port=0), Handler(on_screen))
     await server.start()
     return server
 
@@ -77,15 +98,15 @@ async def test_a_loop_blocked_mid_screen_closes_held_and_queued_calls(cfg: Confi
     the kernel) both see the socket close within 3 s; the action logs, counts and 'exits'."""
     entered = threading.Event()
 
-    async def blocking(session: AgiSession) -> None:
+    def blocking(request: ScreenRequest) -> None:
         entered.set()
-        time.sleep(4.0)  # noqa: ASYNC251 - the event loop is blocked, as by a stuck disk or a bug
+        time.sleep(4.0)  # the event loop is blocked, as by a stuck disk or a bug
 
     server = await _serve(cfg, blocking)
     exits: list[int] = []
     r, w = os.pipe()
     response = watchdog.StallResponse(
-        "main", server.held_fds, server.listen_fds, watchdog.StallLog(tmp_path / "stalls"), w, exits.append,
+        server.held_fds, server.listen_fds, watchdog.StallLog(tmp_path / "stalls"), w, exits.append,
     )
     dog = watchdog.StallWatchdog(1.5, response)
     dog.start()
@@ -123,33 +144,19 @@ async def test_a_loop_blocked_mid_screen_closes_held_and_queued_calls(cfg: Confi
     assert watchdog.StallLog(tmp_path / "stalls").count() == 1
 
 
-async def test_a_worker_never_shuts_the_shared_listening_socket(cfg: Config) -> None:
-    shared = socket.create_server(("127.0.0.1", 0))
-    server = AgiServer(cfg.agi, {"screen": _noop}, sock=shared)
-    await server.start()
-    try:
-        assert server.listen_fds() == []
-    finally:
-        await server.stop()
-
-
-async def _noop(session: AgiSession) -> None:
-    return None
-
-
 # --- latency from the first byte -------------------------------------------------------------------------
 
 
 async def _arrival_after_a_freeze() -> float:
-    """Seconds between the request's first byte and ``started`` when the loop was frozen as it arrived."""
+    """Seconds between the request's first byte and its screen when the loop was frozen as it arrived."""
     seen: asyncio.Future[float] = asyncio.get_running_loop().create_future()
 
-    async def probe(session: AgiSession) -> None:
-        seen.set_result(session.started - session.arrived)
+    def probe(request: ScreenRequest) -> None:
+        seen.set_result(time.perf_counter() - request.arrived)
 
     from callguard.config import AgiConfig
 
-    server = AgiServer(AgiConfig(port=0), {"screen": probe})
+    server = AgiServer(AgiConfig(port=0), Handler(probe))
     await server.start()
     try:
         with socket.create_connection(("127.0.0.1", server.port)) as s:

@@ -19,7 +19,6 @@ from structlog.testing import capture_logs
 
 from callguard.agi.server import AgiServer
 from callguard.ami.client import AmiClient
-from callguard.app import Runtime
 from callguard.config import Config, load_config
 from callguard.screening.rules import parse_schedule
 from callguard.screening.screener import ScreenService
@@ -52,7 +51,7 @@ def make_cfg(tmp_path: Path, token: bool = True, **ami: object) -> Config:
 
 @dataclass
 class Running:
-    rt: Runtime
+    store: Store
     web: WebServer
     agi: AgiServer
     http: aiohttp.ClientSession
@@ -69,21 +68,21 @@ class Running:
 
 @contextlib.asynccontextmanager
 async def running(cfg: Config, extra: list[object] | None = None) -> AsyncIterator[Running]:
-    """The real parts (screener, AGI, optional AMI, web) started in order and stopped in reverse."""
+    """The real parts (screener, AGI, optional AMI, web) started in order and stopped in reverse, the web
+    given the others as ``app.py`` gives them."""
     store = await Store.open(cfg.store.path)
-    rt = Runtime(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
-    screener = ScreenService(cfg, store, rt.schedule)
-    agi = AgiServer(cfg.agi, {"screen": screener.handle})
-    web = WebServer(rt)
+    screener = ScreenService(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
+    agi = AgiServer(cfg.agi, screener)
+    ami = next((p for p in extra or [] if isinstance(p, AmiClient)), None)
+    web = WebServer(cfg, store, screener=screener, agi=agi, ami=ami)
     parts = [screener, agi, *(extra or []), web]
     started = []
     try:
         for part in parts:
-            rt.parts[part.name] = part  # type: ignore[attr-defined]
             await part.start()  # type: ignore[attr-defined]
             started.append(part)
         async with aiohttp.ClientSession() as http:
-            yield Running(rt, web, agi, http)
+            yield Running(store, web, agi, http)
     finally:
         for part in reversed(started):
             await part.stop()  # type: ignore[attr-defined]
@@ -178,7 +177,7 @@ async def test_readyz_is_503_when_ami_rejects_the_login(tmp_path: Path) -> None:
 async def test_metrics_parse_and_gauges_come_from_the_store(tmp_path: Path) -> None:
     async with running(make_cfg(tmp_path)) as r:
         now = time.time()
-        async with r.rt.store.db.write() as conn:
+        async with r.store.db.write() as conn:
             for i, (state, created) in enumerate([("pending", now - 300), ("sending", now - 60), ("dead", now - 9e3),
                                                   ("sent", now - 9e4)]):
                 await conn.execute(
@@ -212,7 +211,7 @@ async def test_metrics_parse_and_gauges_come_from_the_store(tmp_path: Path) -> N
 
 async def test_check_and_stats_api(tmp_path: Path) -> None:
     async with running(make_cfg(tmp_path)) as r:
-        await r.rt.store.overrides.upsert_many([("+79123456789", "block", "test")])
+        await r.store.overrides.upsert_many([("+79123456789", "block", "test")])
         status, body, _ = await r.get("/v1/check/8%20(912)%20345-67-89?did=84951234567")
         data = json.loads(body)
         assert status == 200
@@ -222,7 +221,7 @@ async def test_check_and_stats_api(tmp_path: Path) -> None:
         status, body, _ = await r.get("/v1/check/+79990000000")
         assert json.loads(body)["verdict"] == "clean"
 
-        async with r.rt.store.db.write() as conn:
+        async with r.store.db.write() as conn:
             await conn.execute("INSERT INTO screens VALUES ('u1', ?, '+7912', '+74951234567', 'spam', 'r', 1)",
                                (time.time() - 60,))
         status, body, _ = await r.get("/v1/stats?since=1d&by=did")

@@ -12,7 +12,6 @@ import pytest
 from aiohttp import web
 
 from callguard import metrics
-from callguard.app import Runtime
 from callguard.config import Config
 from callguard.crm.amocrm import AmoCrm
 from callguard.crm.bitrix24 import Bitrix24
@@ -31,9 +30,8 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 class Harness:
     def __init__(self, cfg: Config, store: Store, svc: SyncService) -> None:
         self.cfg, self.store, self.svc = cfg, store, svc
-        self.rt = Runtime(cfg, store, parse_schedule(cfg.hours), {"sync": svc})
         app = web.Application()
-        add_routes(app, self.rt)
+        add_routes(app, cfg.crm, svc.hint)
         self.runner = web.AppRunner(app, access_log=None)
         self.http = aiohttp.ClientSession()
         self.base = ""

@@ -30,7 +30,6 @@ AGI_MAX_LINE = 2047
 MAX_LINE_BODY = AGI_MAX_LINE - 1  # without the "\n" the connection adds
 MAX_NAME_LENGTH = 80
 MAX_VALUE_LENGTH = 256  # characters a single value keeps (a contact's name is never longer in practice)
-MAX_ARRAY_VALUE = 100  # characters each ARRAY() value keeps
 _NO_NUMBER = frozenset({"", "unknown", "s"})
 
 
@@ -63,44 +62,17 @@ def _did(headers: dict[str, str]) -> str:
     return ""
 
 
-_NAME = re.compile(r"agi_[A-Za-z0-9_]+")
-_KNOWN_NAMES: set[str] = set()  # names already checked: Asterisk sends the same two dozen every time
-_MAX_KNOWN_NAMES = 1024
-
-
 def parse_request(block: bytes) -> AgiRequest:
     """The header block (without the terminating empty line) → ``AgiRequest``.
 
     Raises ``AgiProtocolError`` for anything that is not ``agi_*: value`` lines.
     """
-    text = block.decode("utf-8", errors="replace")
-    headers = _parse_fast(text)
-    if headers is None:  # the line-by-line parser names the first bad line (or takes ``agi_x:``, CRLF)
-        headers = _parse_lines(text)
+    headers = _parse_lines(block.decode("utf-8", errors="replace"))
     if not headers:
         raise AgiProtocolError("empty request")
     if "agi_network_script" not in headers:
         raise AgiProtocolError("request has no agi_network_script")
     return AgiRequest(headers)
-
-
-def _parse_fast(text: str) -> dict[str, str] | None:
-    """What Asterisk sends (``agi_name: value``, bare ``\n``), split at C speed; None for anything
-    else, which ``_parse_lines`` then judges."""
-    if "\r" in text:
-        return None
-    try:
-        headers = dict(line.split(": ", 1) for line in text.split("\n") if line)
-    except ValueError:  # a line without ": "
-        return None
-    if not _KNOWN_NAMES.issuperset(headers):
-        for name in headers:
-            if name not in _KNOWN_NAMES:
-                if not _NAME.fullmatch(name):
-                    return None
-                if len(_KNOWN_NAMES) < _MAX_KNOWN_NAMES:
-                    _KNOWN_NAMES.add(name)
-    return headers
 
 
 def _parse_lines(text: str) -> dict[str, str]:
@@ -165,36 +137,6 @@ def set_variable(name: str, value: str) -> str:
     _check_name(name)
     head = f"SET VARIABLE {name} "
     return head + _fit(_clean(value, MAX_VALUE_LENGTH), MAX_LINE_BODY - len(head), _bare_or_quoted)
-
-
-# What __ast_app_separate_args (main/app.c) reads as syntax when ARRAY() splits its value: the comma,
-# quotes, the backslash, and brackets (commas inside them do not split). A backslash makes each literal.
-_APP_ARG_ESCAPES = str.maketrans({ch: "\\" + ch for ch in '\\,"()[]'})
-
-
-def _array_value(text: str) -> str:
-    # Escaped for ARRAY's split, then for the AGI line; the quotes around the whole are counted apart.
-    return _agi_quote(text.translate(_APP_ARG_ESCAPES))[1:-1]
-
-
-def set_variables(pairs: list[tuple[str, str]]) -> str:
-    """Several variables in one command through Asterisk's ARRAY() function (funcs/func_strings.c):
-    ``SET VARIABLE ARRAY(A,B) "a,b"``, one round trip instead of one per variable; commands cannot be
-    pipelined (res_agi.c reads them through a stdio FILE but waits on the socket with poll()).
-
-    Each value is escaped twice, for ARRAY's comma split and then for the AGI command line, cut at
-    ``MAX_ARRAY_VALUE`` characters, and the values share what is left of res_agi's line after the names,
-    so the command is always one line of at most ``MAX_LINE_BODY`` bytes.
-    """
-    if len(pairs) == 1:
-        return set_variable(*pairs[0])
-    for name, _ in pairs:
-        _check_name(name)
-    head = f"SET VARIABLE ARRAY({','.join(name for name, _ in pairs)}) "
-    # 2 quotes around the whole, the comma ARRAY splits on between values
-    budget = (MAX_LINE_BODY - len(head) - 2 - (len(pairs) - 1)) // len(pairs)
-    values = ",".join(_fit(_clean(value, MAX_ARRAY_VALUE), budget, _array_value) for _, value in pairs)
-    return f'{head}"{values}"'
 
 
 @dataclass(frozen=True)

@@ -6,10 +6,10 @@ import argparse
 import asyncio
 from typing import Any
 
+from callguard.cli.storeopen import open_store
 from callguard.config import Config
 from callguard.screening.rules import parse_schedule
 from callguard.screening.screener import ScreenService
-from callguard.store import Store
 from callguard.textsafe import dumps, visible
 
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 
 async def check(cfg: Config, number: str, did: str) -> dict[str, Any]:
-    store = await Store.open(cfg.store.path, cfg.store.busy_timeout_ms)
+    store = await open_store(cfg, readonly=True)  # reads only: never creates a store
     try:
         screener = ScreenService(cfg, store, parse_schedule(cfg.hours, cfg.phone.default_region))
         return await screener.explain(number, did)

@@ -1,7 +1,8 @@
-"""``callguard stats [--since 7d] [--by day|did|reason] [--json]``: blocked spam and missed calls.
+"""``callguard stats [--since 7d|today] [--by day|did|reason] [--json]``: blocked spam and missed calls.
 
 "How many spam calls did we block and how many calls did we miss last week, by number?" is
-``callguard stats --since 7d --by did``.
+``callguard stats --since 7d --by did``. The dashboard at ``/`` reads the very same report
+(``Stats.report`` through ``window_start``): ``--since today|7d|30d --by did`` is what its periods show.
 """
 
 from __future__ import annotations
@@ -13,36 +14,40 @@ from collections.abc import Sequence
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from callguard.config import Config, parse_duration
+from callguard.cli.storeopen import open_store
+from callguard.config import Config
 from callguard.errors import ConfigError
-from callguard.store import Store
-from callguard.store.stats import GroupBy, Report, Row
+from callguard.store.stats import GroupBy, Report, Row, window_start
 from callguard.textsafe import dumps, visible
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("stats", help="screened calls, spam blocked, missed calls by reason and DID")
-    p.add_argument("--since", default="7d", help="window back from now: 24h, 7d, 30d … (default 7d)")
+    p.add_argument("--since", default="7d",
+                   help="window back from now: today (since local midnight), 24h, 7d, 30d … (default 7d)")
     p.add_argument("--by", choices=("day", "did", "reason"), help="one row per day, DID or reason")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=handle)
 
 
-async def collect(cfg: Config, since_s: float, by: GroupBy | None, now: float | None = None) -> Report:
-    """The report over ``[now - since_s, now)``; days are calendar days in ``hours.timezone``."""
+async def collect(cfg: Config, since_s: float | str, by: GroupBy | None, now: float | None = None) -> Report:
+    """The report over ``[start, now)``, ``start`` from ``window_start`` (``"today"``, ``"7d"``) or
+    ``now - since_s``; days are calendar days in ``hours.timezone``. Never creates a store."""
     now = time.time() if now is None else now
-    store = await Store.open(cfg.store.path, cfg.store.busy_timeout_ms)
+    tz = ZoneInfo(cfg.hours.timezone)
+    since = window_start(since_s, now, tz) if isinstance(since_s, str) else now - since_s
+    store = await open_store(cfg, readonly=True)
     try:
-        return await store.stats.report(now - since_s, now, by, ZoneInfo(cfg.hours.timezone))
+        return await store.stats.report(since, now, by, tz)
     finally:
         await store.close()
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> int:
-    since = parse_duration(args.since, "--since")
-    if since <= 0:
+    now = time.time()
+    if window_start(args.since, now, ZoneInfo(cfg.hours.timezone)) >= now:
         raise ConfigError("must be longer than zero", "--since")
-    report = asyncio.run(collect(cfg, since, args.by))
+    report = asyncio.run(collect(cfg, args.since, args.by, now))
     if args.json:
         print(dumps(report.as_dict()))
     else:
@@ -103,6 +108,7 @@ def render(report: Report, tz_name: str) -> str:
         ],
         numbers=False,
     ).split("\n", 1)[1])
+    out += _extras(report)
     if report.by:
         out += ["", table(
             [report.by, "screened", "spam", "answered", "missed", "answered%", "abandon wait", "missed by reason"],
@@ -111,3 +117,18 @@ def render(report: Report, tz_name: str) -> str:
     elif report.missed_by_did:
         out += ["", table(["missed by DID", "calls"], [[d or "(none)", n] for d, n in report.missed_by_did.items()])]
     return "\n".join(out)
+
+
+def _extras(report: Report) -> list[str]:
+    """Most-blocked callers, the outbox now, and the call-back figures when the report has them."""
+    out: list[str] = []
+    if report.top_blocked:
+        out += ["", table(["most blocked", "calls", "note / contact"],
+                          [[b.caller, b.calls, b.note or b.contact or "-"] for b in report.top_blocked])]
+    o = report.outbox
+    out += ["", f"outbox now: {o.pending} waiting (oldest {_secs(o.oldest_age_s) or '-'}), {o.dead} dead letters"]
+    cb = report.callbacks
+    if cb is not None:
+        out.append(f"call-backs: {cb.called_back} (median {_secs(cb.median_s) or '-'}, p90 {_secs(cb.p90_s) or '-'}, "
+                   f"within SLA {_pct(cb.within_sla_share) or '-'}), {len(cb.open)} not called back yet")
+    return out

@@ -4,35 +4,40 @@ Traps handled here: an empty list is HTTP 204 with no body (§1.3); ``filter[cus
 silently ignored on most accounts, so the spam flag is read client-side (§1.3); ``query=`` matches digits
 anywhere, so phone search keeps only contacts whose PHONE values normalise to the caller (§1.4); no
 idempotency key exists, so every lead carries the Linkedid as a marker that ``find_lead`` looks for (§3).
+
+Here: contacts (sync, phone search), the webhook body; the HTTP session and OAuth are ``AmoApi``
+(callguard.crm.amocrm_api), the leads ``AmoLeads`` (callguard.crm.amocrm_leads), both given the same
+``AmoApi``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import hmac
 import json
+import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-import structlog
-
-from callguard.crm import Changes, CrmContact, LeadRef, Page, offload
-from callguard.crm.http import Decoder, HttpClient, Response, RetryPolicy, parse_body, shared_bucket
+import callguard.crm.offload as offload
+from callguard.crm.amocrm_api import AmoApi
+from callguard.crm.amocrm_leads import AmoLeads
+from callguard.crm.base import Changes, CrmContact, LeadRef, Page, WebhookRejected
+from callguard.crm.http import parse_body
 from callguard.errors import CrmError, CrmRejectedError
 from callguard.phone import to_e164
 
 if TYPE_CHECKING:
-    from callguard.config import Config
+    from callguard.config import AmoCrmConfig, Config
     from callguard.leads.model import MissedCall
     from callguard.store import Store
 
-log = structlog.get_logger("callguard.crm.amocrm")
-
 PAGE = 250  # the v4 maximum (§1.3)
-MARKER_PREFIX = "callguard:"
-# Pace a little under the configured ceiling: requests sent exactly 1/7 s apart can arrive closer.
-PACING = 0.95
+# Contacts parsed between two yields to the loop: a 250-contact page is ~9 ms of CPU (decode + parse);
+# in slices of 25 a screen waits < 1 ms behind it (scripts/bench_sync.py, screens p99 during the sync).
 PARSE_SLICE = 25
 
 
@@ -69,7 +74,7 @@ def _embedded(body: Any, key: str) -> list[dict[str, Any]]:
 
 def decode_contacts(raw: bytes, spam_id: int | None, region: str) -> tuple[list[tuple[Any, ...]], Any]:
     """A contacts page → (its contacts parsed, as plain tuples, and the body with each contact cut to
-    ``id`` and ``updated_at``, all the sync reads of it). Runs in the ``crm.offload`` worker process;
+    ``id`` and ``updated_at``, all the sync reads of it). Runs in the opt-in ``crm.offload`` process;
     plain tuples pickle there and unpickle on the event loop ~4x faster than ``CrmContact``s
     (``CrmContact._make`` puts the name back)."""
     body = parse_body(raw)
@@ -78,11 +83,6 @@ def decode_contacts(raw: bytes, spam_id: int | None, region: str) -> tuple[list[
     if items:
         body["_embedded"]["contacts"] = [{"id": c.get("id"), "updated_at": c.get("updated_at")} for c in items]
     return contacts, body
-
-
-def _retrieve(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # a dropped read-ahead's error is not the caller's: consume it quietly
 
 
 def _has_next(body: Any) -> bool:
@@ -94,79 +94,17 @@ class AmoCrm:
     stable_paging = False
 
     def __init__(self, cfg: Config, store: Store | None = None) -> None:
-        a = cfg.crm.amocrm
-        if not a.base_url:
-            raise CrmError("crm.amocrm.base_url is not set (https://<subdomain>.amocrm.ru)")
-        self.cfg = a
+        self.api = AmoApi(cfg, store)
+        self.cfg = self.api.cfg
+        self.leads = AmoLeads(self.api, self.cfg)
         self.region = cfg.phone.default_region
+        # 0 (the default): pages are parsed on the loop, in slices. > 0: in the opt-in crm.offload process.
         self.parse_workers = cfg.sync.parse_workers
-        self._ahead: dict[int, asyncio.Task[tuple[list[CrmContact], Any]]] = {}  # list_page read-ahead
-        self.base = a.base_url.rstrip("/")
-        self.store = store
-        self._token = a.token
-        self._refresh_token = a.refresh_token
-        self._tokens_loaded = store is None
         self._spam_id: int | None = None
         self._spam_resolved = False
-        policy = RetryPolicy(cfg.crm.max_retries, cfg.crm.retry_base)
-        bucket = shared_bucket(("amocrm", self.base), a.rate_rps * PACING, 1.0)
-        oauth = all((a.client_id, a.client_secret, a.redirect_uri)) and bool(a.refresh_token or store)
-        self.http = HttpClient("amocrm", bucket, cfg.crm.timeout, policy, self._auth_headers,
-                               self._refresh if oauth else None)
-
-    # --- plumbing ---------------------------------------------------------------------------------
-
-    def _auth_headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}"}
-
-    async def _get(self, path: str, label: str, params: Any = None) -> Any:
-        return (await self._get_response(path, label, params)).body
-
-    async def _get_response(self, path: str, label: str, params: Any = None,
-                            decode: Decoder | None = None) -> Response:
-        await self._load_tokens()
-        return await self.http.request("GET", self.base + path, label, params=params, decode=decode)
-
-    async def _post(self, path: str, label: str, body: Any) -> Any:
-        await self._load_tokens()
-        return (await self.http.request("POST", self.base + path, label, json_body=body, idempotent=False)).body
-
-    async def _load_tokens(self) -> None:
-        """A rotated OAuth pair in the store is newer than the one in the config file."""
-        if self._tokens_loaded or self.store is None:
-            return
-        self._tokens_loaded = True
-        saved = await self.store.sync_state.get_tokens(self.kind)
-        if saved is not None:
-            self._token, self._refresh_token = saved
-
-    async def _refresh(self) -> bool:
-        """One OAuth refresh after a 401 (the official SDK does the same, §1.1); the new refresh token
-        replaces the old one for good, so it is stored before use."""
-        if not self._refresh_token:
-            return False
-        body = {"client_id": self.cfg.client_id, "client_secret": self.cfg.client_secret,
-                "grant_type": "refresh_token", "refresh_token": self._refresh_token,
-                "redirect_uri": self.cfg.redirect_uri}
-        try:
-            # The token endpoint takes no bearer (authed=False) and is not refreshed on 401 itself.
-            reply = (await self.http.request("POST", self.base + "/oauth2/access_token", "oauth_refresh",
-                                             json_body=body, authed=False)).body
-        except CrmError as e:
-            log.error("crm_oauth_refresh_failed", crm=self.kind, error=str(e)[:200], alert=True)
-            return False
-        if not isinstance(reply, dict) or not reply.get("access_token") or not reply.get("refresh_token"):
-            log.error("crm_oauth_refresh_failed", crm=self.kind, error="reply without tokens", alert=True)
-            return False
-        self._token, self._refresh_token = str(reply["access_token"]), str(reply["refresh_token"])
-        if self.store is not None:
-            await self.store.sync_state.save_tokens(self.kind, self._token, self._refresh_token)
-        log.info("crm_oauth_refreshed", crm=self.kind)
-        return True
 
     async def close(self) -> None:
-        self._drop_ahead()
-        await self.http.close()
+        await self.api.close()
 
     # --- the spam field -----------------------------------------------------------------------------
 
@@ -174,8 +112,8 @@ class AmoCrm:
         fields: list[dict[str, Any]] = []
         page = 1
         while True:
-            body = await self._get("/api/v4/contacts/custom_fields", "custom_fields",
-                                   {"limit": 50, "page": page})
+            body = await self.api.get("/api/v4/contacts/custom_fields", "custom_fields",
+                                      {"limit": 50, "page": page})
             fields.extend(_embedded(body, "custom_fields"))
             if not _has_next(body):
                 return fields
@@ -203,10 +141,10 @@ class AmoCrm:
         spam_id = await self.spam_field_id()
         if self.parse_workers > 0:  # decoded and parsed in the worker process (crm.offload)
             page = functools.partial(decode_contacts, spam_id=spam_id, region=self.region)
-            resp = await self._get_response("/api/v4/contacts", label, params,
-                                            decode=functools.partial(offload.run, self.parse_workers, page))
+            resp = await self.api.get_response("/api/v4/contacts", label, params,
+                                               decode=functools.partial(offload.run, self.parse_workers, page))
             return ([CrmContact._make(t) for t in resp.decoded or ()], resp.body)
-        body = await self._get("/api/v4/contacts", label, params)
+        body = await self.api.get("/api/v4/contacts", label, params)
         items = _embedded(body, "contacts")
         out: list[CrmContact] = []
         for i in range(0, len(items), PARSE_SLICE):
@@ -218,29 +156,8 @@ class AmoCrm:
 
     async def list_page(self, token: str | None) -> Page:
         page = int(token or 1)
-        await self.spam_field_id()  # resolved (and cached) once, before two listings could both ask
-        task = self._ahead.pop(page, None) or asyncio.create_task(self._listing(page))
-        if self.parse_workers > 0 and not self._ahead:
-            # Offset paging: the next page's number is known before this body is decoded (in the
-            # worker), so ask for it now and let the fetch, the decode and the caller's write overlap.
-            self._ahead[page + 1] = asyncio.create_task(self._listing(page + 1))
-        try:
-            contacts, body = await task
-        except BaseException:
-            self._drop_ahead()
-            raise
-        if not _has_next(body):
-            self._drop_ahead()  # a page past the end (an amoCRM 204), or a stale one
+        contacts, body = await self._contacts({"limit": PAGE, "page": page, "order[id]": "asc"}, "contacts_list")
         return Page(contacts, str(page + 1) if _has_next(body) else None)
-
-    async def _listing(self, page: int) -> tuple[list[CrmContact], Any]:
-        return await self._contacts({"limit": PAGE, "page": page, "order[id]": "asc"}, "contacts_list")
-
-    def _drop_ahead(self) -> None:
-        for task in self._ahead.values():
-            task.cancel()
-            task.add_done_callback(_retrieve)
-        self._ahead.clear()
 
     def cursor_at(self, ts: float) -> str:
         return json.dumps({"c": int(ts), "p": 1, "e": int(ts)})
@@ -267,7 +184,7 @@ class AmoCrm:
         newest = since - 1
         page = 1
         while True:
-            body = await self._get("/api/v4/events", "events_deleted", {
+            body = await self.api.get("/api/v4/events", "events_deleted", {
                 "filter[entity][]": "contact", "filter[type][]": "contact_deleted",
                 "filter[created_at][from]": since, "limit": 100, "page": page})
             for ev in _embedded(body, "events"):
@@ -294,36 +211,22 @@ class AmoCrm:
         contacts, _ = await self._contacts({"query": e164[-10:], "limit": 50}, "contacts_by_phone")
         return [c for c in contacts if e164 in c.phones]
 
-    # --- leads ----------------------------------------------------------------------------------------
+    # --- leads (callguard.crm.amocrm_leads) ----------------------------------------------------------
 
     async def create_lead(self, call: MissedCall, contact: CrmContact | None) -> LeadRef:
-        from callguard.crm import amocrm_leads
-
-        return await amocrm_leads.create_lead(self, call, contact)
+        return await self.leads.create_lead(call, contact)
 
     async def add_call_note(self, lead_id: str, call: MissedCall) -> None:
-        from callguard.crm import amocrm_leads
-
-        await self._post("/api/v4/leads/notes", "note_add", [amocrm_leads.call_note(self, lead_id, call)])
+        await self.leads.add_call_note(lead_id, call)
 
     async def find_lead(self, call: MissedCall) -> LeadRef | None:
-        from callguard.crm import amocrm_leads
-
-        return await amocrm_leads.find_lead(self, call)
+        return await self.leads.find_lead(call)
 
     async def find_call_note(self, lead_id: str, call: MissedCall) -> bool:
-        page = 1
-        while True:
-            body = await self._get(f"/api/v4/leads/{int(lead_id)}/notes", "notes_list",
-                                   {"filter[note_type]": "call_in", "limit": PAGE, "page": page})
-            if any((n.get("params") or {}).get("uniq") == call.linkedid for n in _embedded(body, "notes")):
-                return True
-            if not _has_next(body):
-                return False
-            page += 1
+        return await self.leads.find_call_note(lead_id, call)
 
     async def verify(self) -> str:
-        account = await self._get("/api/v4/account", "account")
+        account = await self.api.get("/api/v4/account", "account")
         if not isinstance(account, dict):
             raise CrmError("amoCRM /api/v4/account answered without a body")
         if self.cfg.account_id and int(account.get("id") or 0) != self.cfg.account_id:
@@ -332,3 +235,36 @@ class AmoCrm:
         spam_id = await self.spam_field_id()
         spam = f"spam field #{spam_id}" if spam_id else "NO spam field (crm.amocrm.spam_field empty)"
         return f"amocrm account {account.get('subdomain', '?')} #{account.get('id')}: {spam}"
+
+
+# --- webhooks (crm-apis.md §1.8) -------------------------------------------------------------------------
+
+_WEBHOOK_ID = re.compile(r"contacts\[(add|update|delete|restore)\]\[\d+\]\[id\]")
+
+
+def _one(form: Mapping[str, list[str]], key: str) -> str:
+    return (form.get(key) or [""])[0]
+
+
+def check_webhook_token(cfg: AmoCrmConfig, token: str) -> None:
+    """The secret in the webhook URL, compared in constant time; checked before the body is read. No
+    signature exists (unverified that none is sent), so this plus the account checks of
+    ``parse_webhook``."""
+    if not cfg.webhook_secret or not hmac.compare_digest(token.encode(), cfg.webhook_secret.encode()):
+        raise WebhookRejected(401, "bad_token")
+
+
+def parse_webhook(cfg: AmoCrmConfig, form: Mapping[str, list[str]]) -> list[str]:
+    """The contact ids of a form-encoded v2 delivery ``contacts[add|update|delete|restore][N][…]``
+    from our account, or ``WebhookRejected``."""
+    if cfg.account_id and _one(form, "account[id]") != str(cfg.account_id):
+        raise WebhookRejected(401, "wrong_account")
+    host = urlsplit(cfg.base_url).hostname or ""
+    # Only for real amoCRM/Kommo hosts: ``<subdomain>.amocrm.ru`` must match what the hook says.
+    real = host.endswith((".amocrm.ru", ".amocrm.com", ".kommo.com"))
+    if real and _one(form, "account[subdomain]") != host.split(".")[0]:
+        raise WebhookRejected(401, "wrong_account")
+    ids = [v for k, vals in form.items() if _WEBHOOK_ID.fullmatch(k) for v in vals]
+    if not ids or not all(v.isdigit() and len(v) < 20 for v in ids):
+        raise WebhookRejected(400, "no_contacts")
+    return ids

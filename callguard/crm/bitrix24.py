@@ -11,20 +11,21 @@ them up (uniqueness of ORIGIN_ID is unverified and not relied on, §3).
 
 from __future__ import annotations
 
+import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import structlog
 
-from callguard.crm import Changes, CrmContact, LeadRef, Page, unique_phones
+from callguard.crm.base import Changes, CrmContact, LeadRef, Page, WebhookRejected, unique_phones
 from callguard.crm.http import HttpClient, RetryPolicy, shared_bucket
 from callguard.errors import CrmError
 
 if TYPE_CHECKING:
-    from callguard.config import Config
+    from callguard.config import Bitrix24Config, Config
     from callguard.leads.model import MissedCall
 
 log = structlog.get_logger("callguard.crm.bitrix24")
@@ -206,3 +207,26 @@ class Bitrix24:
                            "create a boolean user field on contacts (crm.contact.userfield.add) or fix the name")
         kind = (fields[self.cfg.spam_field] or {}).get("type", "?")
         return f"bitrix24 portal {self.portal}: spam field {self.cfg.spam_field} ({kind})"
+
+
+# --- webhooks (crm-apis.md §2.7) -------------------------------------------------------------------------
+
+WEBHOOK_EVENTS = frozenset({"ONCRMCONTACTADD", "ONCRMCONTACTUPDATE", "ONCRMCONTACTDELETE"})
+
+
+def _one(form: Mapping[str, list[str]], key: str) -> str:
+    return (form.get(key) or [""])[0]
+
+
+def parse_webhook(cfg: Bitrix24Config, form: Mapping[str, list[str]]) -> list[str]:
+    """The contact id of a form-encoded outbound event (``event``, ``data[FIELDS][ID]``), or
+    ``WebhookRejected``; ``auth[application_token]`` is compared in constant time."""
+    given, expected = _one(form, "auth[application_token]"), cfg.application_token
+    if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
+        raise WebhookRejected(401, "bad_token")
+    if _one(form, "event").upper() not in WEBHOOK_EVENTS:
+        raise WebhookRejected(400, "unknown_event")
+    cid = _one(form, "data[FIELDS][ID]")
+    if not cid.isdigit() or len(cid) > 19:
+        raise WebhookRejected(400, "no_contacts")
+    return [cid]

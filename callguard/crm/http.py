@@ -5,16 +5,18 @@ can succeed later (429, 503, other 5xx, network errors, timeouts) with exponenti
 honours ``Retry-After``, a hard stop with an alert log on 401/403, request id and latency in logs. URLs
 are never logged whole: a Bitrix24 inbound-webhook URL carries its secret in the path, so callers pass a
 ``label`` (the method name) that is logged instead. Wire codes map to error classes in ``classify``.
+
+``retry_after`` and ``error_for_status`` are public: any HTTP client in callguard (the webhook lead
+sink) reads Retry-After and maps a status to an error class the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +24,7 @@ import aiohttp
 import orjson
 import structlog
 
-from callguard import metrics
+from callguard import backoff, metrics
 from callguard.errors import (
     CrmAuthError,
     CrmError,
@@ -79,7 +81,8 @@ class Response:
     decoded: Any = None  # what ``request(decode=…)`` made of a 200 body, in the worker process
 
 
-def _retry_after(headers: Any) -> float | None:
+def retry_after(headers: Mapping[str, str] | None) -> float | None:
+    """Seconds from a ``Retry-After`` header in delta-seconds form; None when absent or not a number."""
     value = headers.get("Retry-After") if headers is not None else None
     if not value:
         return None
@@ -104,21 +107,30 @@ _AUTH_CODES = ("expired_token", "INVALID_CREDENTIALS", "NO_AUTH_FOUND", "ACCESS_
                "insufficient_scope", "OVERLOAD_LIMIT")
 
 
-def classify(crm: str, status: int, body: Any, headers: Any = None) -> CrmError | None:
-    """The one map from wire answers to callguard errors; None means success."""
+def error_for_status(status: int, text: str, headers: Mapping[str, str] | None = None,
+                     code: str = "") -> CrmError | None:
+    """An HTTP answer's error class; None for 2xx. 429 (or a rate-limit ``code``) is ``RateLimitedError``
+    carrying Retry-After, 401/403 (or an auth ``code``) ``CrmAuthError``, 408/5xx ``CrmUnavailableError``
+    (may succeed later), any other status ``CrmRejectedError`` (will not). ``text`` is the message."""
     if 200 <= status < 300:
         return None
-    code, detail = _error_code(body)
-    text = f"{crm} answered {status} {code} {detail}".strip()
     if status == 429 or code == "QUERY_LIMIT_EXCEEDED":
         # amoCRM 429 = over 7 rps; Bitrix24 503 QUERY_LIMIT_EXCEEDED = leaky bucket full,
         # 429 OPERATION_TIME_LIMIT = method blocked for up to 10 min (crm-apis.md 2.2).
-        return RateLimitedError(text, _retry_after(headers))
+        return RateLimitedError(text, retry_after(headers))
     if status in (401, 403) or code in _AUTH_CODES:
         return CrmAuthError(text, status, code or None)
     if status >= 500 or status == 408:
         return CrmUnavailableError(text)
     return CrmRejectedError(text, status, code or None)
+
+
+def classify(crm: str, status: int, body: Any, headers: Mapping[str, str] | None = None) -> CrmError | None:
+    """The one map from a CRM's wire answers to callguard errors; None means success."""
+    if 200 <= status < 300:
+        return None
+    code, detail = _error_code(body)
+    return error_for_status(status, f"{crm} answered {status} {code} {detail}".strip(), headers, code)
 
 
 @dataclass(frozen=True)
@@ -128,8 +140,10 @@ class RetryPolicy:
     cap: float = 30.0
 
     def delay(self, attempt: int, hint: float | None) -> float:
-        backoff = min(self.cap, self.base * (2**attempt)) * (0.5 + random.random() / 2)
-        return max(backoff, min(hint, self.cap * 4)) if hint is not None else backoff
+        """Before retry ``attempt`` (0 = the first): the shared back-off, or the server's Retry-After
+        when longer (bounded to 4 × cap)."""
+        wait = backoff.delay(attempt, self.base, self.cap)
+        return max(wait, min(hint, self.cap * 4)) if hint is not None else wait
 
 
 AuthHook = Callable[[], Awaitable[bool]]

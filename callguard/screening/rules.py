@@ -12,15 +12,13 @@ because of our parser.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from datetime import date, datetime, time
+from datetime import date, datetime
 from enum import StrEnum
 from zoneinfo import ZoneInfo
 
-from callguard.config import HoursConfig, ScreeningConfig
-from callguard.errors import ConfigError
-from callguard.phone import Kind, Phone
+from callguard.config import DAYS, HoursConfig, Ranges, ScreeningConfig, parse_holidays, parse_week
+from callguard.phone import Kind, Phone, normalise
 from callguard.store.numbers import Contact, Lookup
 
 
@@ -37,12 +35,6 @@ class Decision:
     verdict: Verdict
     reason: str  # which rule decided, for logs and ``callguard check``
     contact: Contact | None = None
-
-
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-_RANGE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
-
-Ranges = tuple[tuple[time, time], ...]
 
 
 @dataclass(frozen=True)
@@ -66,54 +58,15 @@ class Schedule:
         return any(start <= t < end for start, end in week.get(DAYS[local.weekday()], ()))
 
 
-def _parse_ranges(text: str, key: str) -> Ranges:
-    out = []
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        m = _RANGE.match(part)
-        if not m:
-            raise ConfigError(f"expected 'HH:MM-HH:MM', got {part!r}", key)
-        h1, m1, h2, m2 = map(int, m.groups())
-        if h2 == 24 and m2 == 0:
-            h2, m2 = 23, 59  # "…-24:00" means to the end of the day
-        try:
-            start, end = time(h1, m1), time(h2, m2, 59 if (h2, m2) == (23, 59) else 0)
-        except ValueError as e:
-            raise ConfigError(f"bad time in {part!r}", key) from e
-        if end <= start:
-            raise ConfigError(f"range ends before it starts: {part!r}", key)
-        out.append((start, end))
-    return tuple(out)
-
-
-def _parse_week(days: dict[str, str], key: str) -> dict[str, Ranges]:
-    week = {}
-    for day, text in days.items():
-        if day not in DAYS:
-            raise ConfigError(f"unknown day {day!r} (use {', '.join(DAYS)})", f"{key}.{day}")
-        week[day] = _parse_ranges(text, f"{key}.{day}")
-    return week
-
-
 def parse_schedule(cfg: HoursConfig, region: str = "RU") -> Schedule:
-    from callguard.phone import normalise
-
-    holidays = set()
-    for i, text in enumerate(cfg.holidays):
-        try:
-            holidays.add(date.fromisoformat(text))
-        except ValueError as e:
-            raise ConfigError(f"expected YYYY-MM-DD, got {text!r}", f"hours.holidays[{i}]") from e
-    per_did = {}
-    for did, days in cfg.per_did.items():
-        key = normalise(did, region).key or did
-        per_did[key] = _parse_week(days, f"hours.per_did.{did}")
-    return Schedule(
-        enabled=cfg.enabled,
-        tz=ZoneInfo(cfg.timezone),
-        days=_parse_week(cfg.days, "hours.days"),
-        per_did=per_did,
-        holidays=frozenset(holidays),
-    )
+    """``[hours]`` → ``Schedule``; a bad value raises ``ConfigError`` naming its key (the syntax is
+    config.py's, which checks it at load). DIDs are keyed as the screener normalises them."""
+    holidays = parse_holidays(cfg.holidays)
+    per_did = {
+        normalise(did, region).key or did: parse_week(days, f"hours.per_did.{did}")
+        for did, days in cfg.per_did.items()
+    }
+    return Schedule(cfg.enabled, ZoneInfo(cfg.timezone), parse_week(cfg.days, "hours.days"), per_did, holidays)
 
 
 def decide(

@@ -54,9 +54,3 @@ class Calls:
         ) as cur:
             r = await cur.fetchone()
         return CallRow(*r) if r else None
-
-    async def count_by_outcome(self, since: float = 0.0) -> dict[tuple[str, str], int]:
-        async with self.db.reader.execute(
-            "SELECT outcome, reason, COUNT(*) FROM calls WHERE ended_at >= ? GROUP BY outcome, reason", (since,)
-        ) as cur:
-            return {(str(o), str(r)): int(n) for o, r, n in await cur.fetchall()}

@@ -3,11 +3,12 @@
 Two aiosqlite connections in WAL mode: ``reader`` for reads and ``writer`` behind an asyncio lock, so
 there is exactly one writer and readers see whole transactions.
 
-The screening path reads through ``hot``, a plain sqlite3 connection used on the event loop thread: a
-primary-key lookup costs ~25 µs there, while a hop to an aiosqlite thread costs up to the interpreter's
-5 ms GIL switch interval whenever the loop is busy, which capped screening at ~650/s with p99 > 300 ms
-(scripts/bench_agi.py). In WAL mode a reader never waits for the writer; ``HOT_BUSY_TIMEOUT_MS`` bounds
-the rare wait (WAL recovery) so the loop is never held longer than that.
+The screening path reads through ``hot``, a plain sqlite3 connection used on the event loop thread, one
+primary-key read per screen in its own (autocommit) transaction. That is a bound, not a throughput
+trick: a read the loop does itself cannot be queued behind a sync's writes on aiosqlite's thread (a hop
+there costs up to the interpreter's 5 ms GIL switch interval whenever the loop is busy: p99 > 300 ms
+under load, scripts/bench_agi.py), and in WAL mode a reader never waits for the writer;
+``HOT_BUSY_TIMEOUT_MS`` bounds the rare wait (WAL recovery), well inside ``agi.deadline_ms``.
 """
 
 from __future__ import annotations
@@ -17,16 +18,14 @@ import contextlib
 import itertools
 import os
 import sqlite3
-import threading
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiosqlite
 import structlog
 
+import callguard.store.failures as failures
 from callguard.errors import SchemaTooNewError
-from callguard.store import failures
 from callguard.store.migrations import LATEST, MIGRATIONS
 
 log = structlog.get_logger("callguard.store")
@@ -52,11 +51,6 @@ async def _connect(path: str, busy_timeout_ms: int, uri: bool = False) -> aiosql
 
 HOT_BUSY_TIMEOUT_MS = 50
 HOT_MMAP_BYTES = 1 << 30  # address space only; the kernel's page cache holds the pages
-# The screening reads share one read transaction for this long: a transaction of its own per read takes
-# and drops the WAL read lock each time (two fcntl() calls; ~14 against ~10 µs per lookup). A write by this
-# process ends the shared one at once, a write by another process (the main one, for an AGI worker) is
-# seen this much later at most, and an idle process holds none, so WAL checkpoints are never held back.
-HOT_SNAPSHOT_S = 0.05
 
 
 def _connect_hot(target: str, uri: bool) -> sqlite3.Connection:
@@ -69,30 +63,6 @@ def _connect_hot(target: str, uri: bool) -> sqlite3.Connection:
     return conn
 
 
-# The writer's thread runs bulk work: a sync's pages, batches of screen records. At this nice value it
-# yields the CPU to the screening processes (agi_pool) when both want it, so a 500-row insert is not a
-# window in which the screens of a two-core host queue for a core (scripts/bench_agi.py).
-WRITER_NICE = 5
-
-
-def _nice_this_thread() -> int:
-    tid = threading.get_native_id()
-    try:
-        # Linux: this thread only. Never above the service's own priority, if it already runs niced.
-        os.setpriority(os.PRIO_PROCESS, tid, max(WRITER_NICE, os.getpriority(os.PRIO_PROCESS, tid)))
-    except OSError:  # not permitted here (a sandbox): the writer keeps the service's priority
-        return 0
-    return 1
-
-
-async def _lower_priority(writer: aiosqlite.Connection) -> bool:
-    """Lower the CPU priority of the writer connection's own thread (a SQL function runs there)."""
-    await writer.create_function("callguard_nice_writer", 0, _nice_this_thread)
-    async with writer.execute("SELECT callguard_nice_writer()") as cur:
-        row = await cur.fetchone()
-    return bool(row and row[0])
-
-
 class Database:
     def __init__(
         self, reader: aiosqlite.Connection, writer: aiosqlite.Connection, hot: sqlite3.Connection, path: str
@@ -102,34 +72,6 @@ class Database:
         self._writer = writer
         self.path = path
         self._lock = asyncio.Lock()
-        self._snapshot_until = 0.0  # time.monotonic() the hot connection's shared read transaction ends by
-
-    def hot_reader(self) -> sqlite3.Connection:
-        """``hot`` inside a read transaction begun at most HOT_SNAPSHOT_S ago (see there); outside an
-        event loop, ``hot`` as it is, one transaction per statement."""
-        hot = self.hot
-        now = time.monotonic()
-        if now < self._snapshot_until and hot.in_transaction:
-            return hot
-        self.end_snapshot()
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return hot
-        hot.execute("BEGIN")  # deferred: the snapshot is taken by the first read
-        self._snapshot_until = until = now + HOT_SNAPSHOT_S
-        loop.call_later(HOT_SNAPSHOT_S, self._expire_snapshot, until)
-        return hot
-
-    def end_snapshot(self) -> None:
-        self._snapshot_until = 0.0
-        if self.hot.in_transaction:
-            self.hot.execute("COMMIT")
-
-    def _expire_snapshot(self, until: float) -> None:
-        if until == self._snapshot_until:  # not already ended and begun again
-            with contextlib.suppress(sqlite3.Error):  # closed meanwhile
-                self.end_snapshot()
 
     @classmethod
     async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Database:
@@ -157,7 +99,6 @@ class Database:
                 await writer.execute("PRAGMA journal_mode = WAL")
                 await writer.execute("PRAGMA synchronous = NORMAL")
             await migrate(writer)
-            await _lower_priority(writer)
             reader = await _connect(target, busy_timeout_ms, uri)
             hot = _connect_hot(target, uri)
         except BaseException:
@@ -188,20 +129,8 @@ class Database:
                 raise
             else:
                 await asyncio.shield(self._writer.execute("COMMIT"))
-                self.end_snapshot()  # this process's next screen sees what it just wrote
-
-    async def schema_version(self) -> int:
-        async with self.reader.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        return int(row[0]) if row else 0
-
-    async def integrity_check(self) -> str:
-        async with self.reader.execute("PRAGMA integrity_check") as cur:
-            rows = await cur.fetchall()
-        return "; ".join(str(r[0]) for r in rows)
 
     async def close(self) -> None:
-        self._snapshot_until = 0.0
         self.hot.close()
         for conn in (self.reader, self._writer):
             with contextlib.suppress(Exception):

@@ -71,7 +71,7 @@ class Numbers:
             return EMPTY
         override: tuple[str, str] | None = None
         best: tuple[int, float, Contact] | None = None
-        for kind, a, b, owner, source, spam, updated_at in self.db.hot_reader().execute(_LOOKUP_SQL, (phone,)):
+        for kind, a, b, owner, source, spam, updated_at in self.db.hot.execute(_LOOKUP_SQL, (phone,)):
             if kind == 0:
                 override = (a, b)
             elif best is None or (spam, updated_at) > best[:2]:  # a spam flag on any duplicate wins
@@ -124,13 +124,6 @@ class Numbers:
         removed = len(gone)
         changed = sum(1 for k, v in after.items() if k in before and before[k] != v)
         return PageChange(added, removed, changed)
-
-    async def delete_contact(self, contact_id: str, source: str) -> int:
-        async with self.db.write() as conn:
-            cur = await conn.execute(
-                "DELETE FROM numbers WHERE contact_id = ? AND source = ?", (contact_id, source)
-            )
-            return cur.rowcount
 
     async def purge_older(self, conn: aiosqlite.Connection, source: str, before: float) -> int:
         """After a full sync: rows it did not rewrite belong to contacts or phones the CRM no longer has.

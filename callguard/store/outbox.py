@@ -30,6 +30,13 @@ class OutboxItem:
     updated_at: float
 
 
+@dataclass(frozen=True, slots=True)
+class Depth:
+    pending: int  # pending + sending
+    oldest_created: float | None  # created_at of the oldest of those
+    dead: int
+
+
 def _item(row: Any) -> OutboxItem:
     return OutboxItem(row[0], json.loads(row[1]), *row[2:])
 
@@ -74,6 +81,22 @@ class Outbox:
     async def counts(self) -> dict[str, int]:
         async with self.db.reader.execute("SELECT state, COUNT(*) FROM outbox GROUP BY state") as cur:
             return {str(s): int(n) for s, n in await cur.fetchall()}
+
+    async def depth(self) -> Depth:
+        """Items waiting (pending + sending), the oldest one's ``created_at``, and dead letters: the
+        outbox gauges. Through the (state, next_at) index: delivered rows pile up and are never scanned."""
+        pending, oldest, dead = 0, None, 0
+        async with self.db.reader.execute(
+            "SELECT state, COUNT(*), MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending', 'dead') "
+            "GROUP BY state"
+        ) as cur:
+            for state, n, first in await cur.fetchall():
+                if state == "dead":
+                    dead = int(n)
+                else:
+                    pending += int(n)
+                    oldest = float(first) if oldest is None else min(oldest, float(first))
+        return Depth(pending, oldest, dead)
 
     async def oldest_pending_created(self) -> float | None:
         async with self.db.reader.execute(

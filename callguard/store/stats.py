@@ -4,16 +4,23 @@
 per FastAGI screen, ``at`` = when it was answered); finished calls from ``calls`` (``ended_at`` decides
 the window and the day, so a call is counted once, when it is over). The DID is the number the caller
 dialled, i.e. the advertising source: grouping by it shows which number draws spam and which loses calls.
+
+The dashboard (callguard.web.dashboard) renders this same ``Report``, so page and CLI agree by construction:
+beside the counts it carries the most-blocked callers, the outbox as it stands, and the call-back figures
+when a ``CallbackSource`` is given (the call-back loop provides one; without it they are ``None``).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
+from callguard.config import parse_duration
 from callguard.store.db import Database
 
 GroupBy = Literal["day", "did", "reason"]
@@ -49,6 +56,11 @@ class Row:
         return self.verdicts.get("spam", 0)
 
     @property
+    def spam_share(self) -> float | None:
+        """Spam blocked ÷ calls screened."""
+        return round(self.spam_blocked / self.screened, 4) if self.screened else None
+
+    @property
     def answered_share(self) -> float | None:
         """Answered ÷ (answered + missed): spam, too-short and lost calls are not calls to answer."""
         total = self.answered + self.missed
@@ -64,6 +76,7 @@ class Row:
             "screened": self.screened,
             "verdicts": dict(sorted(self.verdicts.items())),
             "spam_blocked": self.spam_blocked,
+            "spam_share": self.spam_share,
             "answered": self.answered,
             "missed": self.missed,
             "missed_by_reason": dict(sorted(self.missed_by_reason.items())),
@@ -74,6 +87,93 @@ class Row:
         }
 
 
+@dataclass(frozen=True)
+class Blocked:
+    """A caller screened as spam in the window; ``note`` from the local list, ``contact`` the CRM name."""
+
+    caller: str
+    calls: int
+    note: str = ""
+    contact: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"caller": self.caller, "calls": self.calls, "note": self.note, "contact": self.contact}
+
+
+@dataclass(frozen=True)
+class OutboxState:
+    """Leads as they stand now (not windowed): waiting to leave, dead letters, the oldest waiting one."""
+
+    pending: int = 0
+    dead: int = 0
+    oldest_age_s: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pending": self.pending, "dead": self.dead, "oldest_age_s": self.oldest_age_s}
+
+
+@dataclass(frozen=True)
+class OpenMiss:
+    """A missed call nobody has called back yet."""
+
+    caller: str
+    did: str
+    missed_at: float
+    age_s: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"caller": self.caller, "did": self.did,
+                "missed_at": datetime.fromtimestamp(self.missed_at, UTC).isoformat(), "age_s": round(self.age_s, 1)}
+
+
+@dataclass(frozen=True)
+class CallbackFigures:
+    """Time to call back over the window's missed calls that were called back, and the open ones."""
+
+    called_back: int
+    median_s: float | None
+    p90_s: float | None
+    within_sla: int
+    sla_s: float
+    open: tuple[OpenMiss, ...] = ()
+
+    @classmethod
+    def from_times(
+        cls, times_s: Sequence[float], sla_s: float, open_misses: Iterable[OpenMiss] = ()
+    ) -> CallbackFigures:
+        ordered = sorted(float(t) for t in times_s)
+        return cls(
+            called_back=len(ordered),
+            median_s=round(statistics.median(ordered), 1) if ordered else None,
+            p90_s=round(nearest_rank(ordered, 0.9), 1) if ordered else None,
+            within_sla=sum(1 for t in ordered if t <= sla_s),
+            sla_s=float(sla_s),
+            open=tuple(sorted(open_misses, key=lambda m: -m.age_s)),
+        )
+
+    @property
+    def within_sla_share(self) -> float | None:
+        return round(self.within_sla / self.called_back, 4) if self.called_back else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "called_back": self.called_back, "median_s": self.median_s, "p90_s": self.p90_s,
+            "within_sla": self.within_sla, "within_sla_share": self.within_sla_share, "sla_s": self.sla_s,
+            "open": [m.as_dict() for m in self.open],
+        }
+
+
+def nearest_rank(ordered: Sequence[float], q: float) -> float:
+    """The nearest-rank percentile of a sorted, non-empty sequence (p90 of 10 values is the 9th)."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+class CallbackSource(Protocol):
+    """What the call-back loop offers the report (callguard/callbacks/); absent until it is wired."""
+
+    async def figures(self, since: float, until: float) -> CallbackFigures | None: ...
+
+
 @dataclass
 class Report:
     since: float
@@ -82,6 +182,9 @@ class Report:
     total: Row
     rows: list[Row]
     missed_by_did: dict[str, int]
+    top_blocked: list[Blocked] = field(default_factory=list)
+    outbox: OutboxState = field(default_factory=OutboxState)
+    callbacks: CallbackFigures | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -91,7 +194,19 @@ class Report:
             "total": self.total.as_dict(),
             "missed_by_did": self.missed_by_did,
             "rows": [r.as_dict() for r in self.rows],
+            "top_blocked": [b.as_dict() for b in self.top_blocked],
+            "outbox": self.outbox.as_dict(),
+            "callbacks": self.callbacks.as_dict() if self.callbacks else None,
         }
+
+
+def window_start(spec: str, now: float, tz: tzinfo = UTC, key: str = "--since") -> float:
+    """Where a window that ends ``now`` starts: ``today`` is the local midnight in ``tz``, anything else a
+    duration back (``24h``, ``7d``). The CLI's ``--since`` and the dashboard's period both come here."""
+    if spec.strip().lower() == "today":
+        local = datetime.fromtimestamp(now, tz)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    return now - parse_duration(spec, key)
 
 
 class Stats:
@@ -99,7 +214,8 @@ class Stats:
         self.db = db
 
     async def report(
-        self, since: float, until: float, by: GroupBy | None = None, tz: tzinfo = UTC
+        self, since: float, until: float, by: GroupBy | None = None, tz: tzinfo = UTC, *,
+        top: int = 10, callbacks: CallbackSource | None = None,
     ) -> Report:
         if by not in _SCREEN_KEY:
             raise ValueError(f"cannot group by {by!r}")
@@ -144,7 +260,42 @@ class Stats:
                 total.abandon_waits.append(float(wait_s))
         by_did = await self._missed_by_did(window)
         ordered = _order(rows.values(), by) if by else []
-        return Report(since, until, by, total, ordered, by_did)
+        return Report(
+            since, until, by, total, ordered, by_did,
+            top_blocked=await self.top_blocked(window, top),
+            outbox=await self.outbox_state(),
+            callbacks=await callbacks.figures(since, until) if callbacks is not None else None,
+        )
+
+    async def top_blocked(self, window: tuple[float, float], limit: int = 10) -> list[Blocked]:
+        """The callers screened spam most often in the window, with the local note and the CRM name."""
+        if limit <= 0:
+            return []
+        async with self.db.reader.execute(
+            "SELECT s.caller, COUNT(*) AS n, COALESCE((SELECT note FROM overrides o WHERE o.phone = s.caller), ''), "
+            "COALESCE((SELECT name FROM numbers c WHERE c.phone = s.caller ORDER BY c.spam DESC LIMIT 1), '') "
+            "FROM screens s WHERE s.at >= ? AND s.at < ? AND s.verdict = 'spam' AND s.uniqueid != ? "
+            "GROUP BY s.caller ORDER BY n DESC, s.caller LIMIT ?",
+            (*window, DOCTOR_UNIQUEID, int(limit)),
+        ) as cur:
+            return [Blocked(str(c), int(n), str(note), str(name)) for c, n, note, name in await cur.fetchall()]
+
+    async def outbox_state(self, now: float | None = None) -> OutboxState:
+        """Through the (state, next_at) index: delivered rows pile up and are never scanned."""
+        now = time.time() if now is None else now
+        pending, dead, oldest = 0, 0, None
+        async with self.db.reader.execute(
+            "SELECT state, COUNT(*), MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending', 'dead') "
+            "GROUP BY state"
+        ) as cur:
+            for state, n, first in await cur.fetchall():
+                if state == "dead":
+                    dead += int(n)
+                else:
+                    pending += int(n)
+                    oldest = first if oldest is None else min(oldest, first)
+        age = round(max(0.0, now - float(oldest)), 1) if oldest is not None else None
+        return OutboxState(pending, dead, age)
 
     async def _missed_by_did(self, window: tuple[float, float]) -> dict[str, int]:
         async with self.db.reader.execute(

@@ -36,6 +36,12 @@ class SyncState:
             return SyncRow(crm)
         return SyncRow(crm, str(row[0]), float(row[1]), float(row[2]), float(row[3]), str(row[4]))
 
+    async def latest_sync_at(self) -> float:
+        """The newest ``last_sync_at`` of any CRM; 0 when none ever synced (readiness, the sync age gauge)."""
+        async with self.db.reader.execute("SELECT COALESCE(MAX(last_sync_at), 0) FROM sync_state") as cur:
+            row = await cur.fetchone()
+        return float(row[0]) if row else 0.0
+
     async def update(self, crm: str, **values: str | float) -> None:
         """Set some of cursor / last_sync_at / last_full_at / full_started_at / full_page."""
         unknown = set(values) - set(_FIELDS)

@@ -5,17 +5,20 @@ the loop answers) is apart from readiness (``/readyz``: the parts a call needs a
 when configured, guards every endpoint except the CRM webhooks, which carry their own authentication
 (callguard.web.webhooks). Bodies are scrubbed of configured secret values before they leave, as a last line
 of defence: an error text quoting a URL with a key in it must not leak through ``/readyz``.
+
+The server is given what it reports on (``app.py`` wires it): the store, and the parts it reads, each
+through the few attributes it needs (the Protocols below); no SQL here (callguard.store holds it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-import importlib
 import ipaddress
 import json
 import time
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -23,9 +26,10 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from callguard import metrics
-from callguard.app import Runtime
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
 from callguard.errors import BindError, ConfigError
+from callguard.store import Store
+from callguard.web import webhooks
 from callguard.web.connections import BoundedFactory
 
 log = structlog.get_logger("callguard.web.server")
@@ -36,6 +40,28 @@ READY_QUERY_TIMEOUT = 2.0
 SYNC_STALE_INTERVALS = 3
 # The cache counts are recounted at most this often (seconds).
 NUMBERS_REFRESH_S = 30.0
+
+
+class Screener(Protocol):
+    async def explain(self, number: str, did: str) -> dict[str, Any]: ...
+
+
+class Listener(Protocol):  # the FastAGI part
+    listening: bool
+    port: int | None
+
+
+class AmiLink(Protocol):
+    connected: bool
+    last_error: str | None
+    reconnects: int
+
+
+class Sync(Protocol):
+    last_sync_at: float | None
+    last_error: str | None
+
+    def hint(self, contact_ids: Sequence[str]) -> int: ...
 
 
 def secret_values(cfg: Config) -> list[str]:
@@ -68,34 +94,26 @@ def warn_if_exposed(cfg: WebConfig) -> None:
 
 
 class WebApp:
-    """The aiohttp application and its handlers, bound to one ``Runtime``."""
+    """The aiohttp application and its handlers, given the parts they read."""
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.cfg = rt.cfg.web
+    def __init__(self, cfg: Config, store: Store, screener: Screener | None = None, agi: Listener | None = None,
+                 ami: AmiLink | None = None, sync: Sync | None = None) -> None:
+        self.root = cfg
+        self.cfg = cfg.web
+        self.store = store
+        self.screener, self.agi, self.ami, self.sync = screener, agi, ami, sync
         self._token = self.cfg.token.encode()
-        self._secrets = secret_values(rt.cfg)
+        self._secrets = secret_values(cfg)
         self._numbers_at = float("-inf")
-        self.exempt: set[Any] = set()  # webhook resources: they authenticate themselves
         self.app = web.Application(client_max_size=self.cfg.max_body_bytes, middlewares=[self._auth])
         self.app.router.add_get("/healthz", self.healthz)
         self.app.router.add_get("/readyz", self.readyz)
         self.app.router.add_get("/metrics", self.metrics)
         self.app.router.add_get("/v1/check/{number}", self.check)
         self.app.router.add_get("/v1/stats", self.stats)
-        self._mount_webhooks()
-
-    def _mount_webhooks(self) -> None:
-        try:
-            # Written with the CRM sync; a build without it serves everything else.
-            webhooks = importlib.import_module("callguard.web.webhooks")
-        except ModuleNotFoundError as e:
-            if e.name != "callguard.web.webhooks":
-                raise
-            return
         before = set(self.app.router.resources())
-        webhooks.add_routes(self.app, self.rt)
-        self.exempt = set(self.app.router.resources()) - before
+        webhooks.add_routes(self.app, cfg.crm, sync.hint if sync is not None else None)
+        self.exempt: set[Any] = set(self.app.router.resources()) - before  # they authenticate themselves
 
     # --- auth -------------------------------------------------------------------------------------
 
@@ -130,8 +148,8 @@ class WebApp:
     async def readyz(self, request: web.Request) -> web.Response:
         parts = {
             "store": await self._store_state(),
-            "agi": _agi_state(self.rt.parts.get("agi")),
-            "ami": _ami_state(self.rt.parts.get("ami")),
+            "agi": _agi_state(self.agi),
+            "ami": _ami_state(self.ami),
             "sync": await self._sync_state(),
         }
         ready = all(p["state"] in ("ok", "disabled") for name, p in parts.items() if name != "sync")
@@ -140,21 +158,15 @@ class WebApp:
     async def _store_state(self) -> dict[str, Any]:
         try:
             async with asyncio.timeout(READY_QUERY_TIMEOUT):
-                async with self.rt.store.db.reader.execute("SELECT COUNT(*) FROM sync_state") as cur:
-                    await cur.fetchone()
+                await self.store.sync_state.latest_sync_at()  # any read of the file will do
         except Exception as e:  # any failure means "not ready", with the reason shown
             return {"state": "down", "error": str(e) or type(e).__name__}
         return {"state": "ok"}
 
-    async def _last_sync_at(self) -> float:
-        async with self.rt.store.db.reader.execute("SELECT COALESCE(MAX(last_sync_at), 0) FROM sync_state") as cur:
-            row = await cur.fetchone()
-        return float(row[0]) if row else 0.0
-
     async def _sync_state(self) -> dict[str, Any]:
-        part = self.rt.parts.get("sync")
+        part = self.sync
         try:
-            stored = await self._last_sync_at()
+            stored = await self.store.sync_state.latest_sync_at()
         except Exception:
             stored = 0.0
         last = max(float(getattr(part, "last_sync_at", 0) or 0), stored)
@@ -163,7 +175,7 @@ class WebApp:
         if part is None:
             return {"state": "disabled", **out}
         error = str(getattr(part, "last_error", "") or "")
-        stale = age is None or age > SYNC_STALE_INTERVALS * self.rt.cfg.sync.interval
+        stale = age is None or age > SYNC_STALE_INTERVALS * self.root.sync.interval
         return {"state": "stale" if stale else "ok", **out, "last_error": error}
 
     # --- metrics ----------------------------------------------------------------------------------
@@ -174,42 +186,32 @@ class WebApp:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def refresh_gauges(self) -> None:
-        """Gauges that describe the store are read at scrape time: one place is the truth."""
+        """Gauges that describe the store, read at scrape time through the same store methods their
+        parts use (``store.outbox.depth``, ``store.numbers.count``). ``callguard_ami_connected`` is
+        the AMI client's alone: it sets it on each connect and loss."""
         now = time.time()
-        pending, oldest, dead = 0, None, 0
-        # Through the (state, next_at) index: delivered rows pile up and must not be scanned per scrape.
-        async with self.rt.store.db.reader.execute(
-            "SELECT state, COUNT(*), MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending', 'dead') "
-            "GROUP BY state"
-        ) as cur:
-            for state, n, first in await cur.fetchall():
-                if state == "dead":
-                    dead = n
-                else:
-                    pending += n
-                    oldest = first if oldest is None else min(oldest, first)
-        metrics.OUTBOX_DEPTH.set(pending)
-        metrics.OUTBOX_OLDEST.set(max(0.0, now - oldest) if oldest else 0.0)
-        metrics.OUTBOX_DEAD.set(dead)
+        depth = await self.store.outbox.depth()
+        metrics.OUTBOX_DEPTH.set(depth.pending)
+        metrics.OUTBOX_OLDEST.set(max(0.0, now - depth.oldest_created) if depth.oldest_created else 0.0)
+        metrics.OUTBOX_DEAD.set(depth.dead)
         if now - self._numbers_at >= NUMBERS_REFRESH_S:
             # A full scan (~0.14 s per million rows); the cache changes only with a sync, so not per scrape.
-            cached, spam = await self.rt.store.numbers.count()
+            cached, spam = await self.store.numbers.count()
             metrics.CONTACTS_CACHED.set(cached)
             metrics.SPAM_CACHED.set(spam)
             self._numbers_at = now
         sync = await self._sync_state()
         if sync["age_s"] is not None:
             metrics.SYNC_AGE.set(sync["age_s"])
-        ami = self.rt.parts.get("ami")
-        if ami is not None:
-            metrics.AMI_CONNECTED.set(1 if getattr(ami, "connected", False) else 0)
 
     # --- read API ---------------------------------------------------------------------------------
 
     async def check(self, request: web.Request) -> web.Response:
         number = request.match_info["number"]
         did = request.query.get("did", "")
-        return self._json(await self.rt.parts["screener"].explain(number, did))
+        if self.screener is None:
+            return self._json({"error": "screening is not running"}, 503)
+        return self._json(await self.screener.explain(number, did))
 
     async def stats(self, request: web.Request) -> web.Response:
         by = request.query.get("by") or None
@@ -220,17 +222,17 @@ class WebApp:
         except ConfigError as e:
             return self._json({"error": str(e)}, 400)
         now = time.time()
-        report = await self.rt.store.stats.report(now - since, now, by, ZoneInfo(self.rt.cfg.hours.timezone))
+        report = await self.store.stats.report(now - since, now, by, ZoneInfo(self.root.hours.timezone))
         return self._json(report.as_dict())
 
 
-def _agi_state(agi: Any) -> dict[str, Any]:
+def _agi_state(agi: Listener | None) -> dict[str, Any]:
     if agi is None:
         return {"state": "down", "error": "not started"}
     return {"state": "ok" if agi.listening else "down", "port": getattr(agi, "port", None)}
 
 
-def _ami_state(ami: Any) -> dict[str, Any]:
+def _ami_state(ami: AmiLink | None) -> dict[str, Any]:
     if ami is None:
         return {"state": "disabled"}
     state = "ok" if ami.connected else "down"
@@ -242,18 +244,20 @@ class WebServer:
 
     name = "web"
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.webapp: WebApp | None = None  # built at start: the webhooks need the started parts
+    def __init__(self, cfg: Config, store: Store, *, screener: Screener | None = None, agi: Listener | None = None,
+                 ami: AmiLink | None = None, sync: Sync | None = None) -> None:
+        self.cfg = cfg
+        self._deps = (store, screener, agi, ami, sync)
+        self.webapp: WebApp | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None
         self._factory: BoundedFactory | None = None
         self.port: int | None = None
 
     async def start(self) -> None:
-        cfg = self.rt.cfg.web
+        cfg = self.cfg.web
         warn_if_exposed(cfg)
-        self.webapp = WebApp(self.rt)
+        self.webapp = WebApp(self.cfg, *self._deps)
         runner = web.AppRunner(self.webapp.app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
                                keepalive_timeout=float(cfg.keepalive_timeout))
         await runner.setup()

@@ -282,11 +282,11 @@ def inbound_channel_of(ami: Ami, tag: str) -> Callable[[Frame], bool]:
                       and f.get("Channel", "").endswith(";2"))
 
 
-def callguard_config(tmp: Path, lab: Lab, *, ami: bool = False, workers: int | None = None, extra: str = "") -> Path:
+def callguard_config(tmp: Path, lab: Lab, *, ami: bool = False, extra: str = "") -> Path:
     path = tmp / "callguard.toml"
     path.write_text(
         f'[store]\npath = "{tmp / "cg.sqlite3"}"\n'
-        f'[agi]\nport = {lab.agi_port}\n' + (f"workers = {workers}\n" if workers is not None else "") +
+        f'[agi]\nport = {lab.agi_port}\n'
         f"[web]\nport = {free_port()}\n"
         f'[ami]\nenabled = {"true" if ami else "false"}\nport = {lab.ami_port}\nsecret = "{SECRET}"\n'
         'reconnect_min = "0.5s"\nreconnect_max = "2s"\n'

@@ -3,9 +3,7 @@
     python -m tests.support.stalling --config FILE run
 
 runs ``callguard.cli.main`` with ``ScreenService._decide`` patched to ``time.sleep($CALLGUARD_TEST_STALL_S)``
-(default 30) for the caller ``$CALLGUARD_TEST_STALL_CALLER`` (E.164, as ``call_screened`` shows it). The AGI
-workers run this module too (``agi_pool.WORKER_MODULE``), so the patch holds in them: started with the
-worker's arguments (two fds first) it runs ``callguard.agi.worker.main``.
+(default 30) for the caller ``$CALLGUARD_TEST_STALL_CALLER`` (E.164, as ``call_screened`` shows it).
 """
 
 from __future__ import annotations
@@ -34,12 +32,8 @@ def patch() -> None:
 
 def main(argv: list[str]) -> int:
     patch()
-    if argv[:2] and all(a.isdigit() for a in argv[:2]):  # LISTEN_FD LINK_FD FORMAT LEVEL: an AGI worker
-        from callguard.agi import worker as agi_worker
-        return agi_worker.main(argv)
     from callguard import cli
-    from callguard.agi import pool as agi_pool
-    agi_pool.WORKER_MODULE = __name__ if __name__ != "__main__" else "tests.support.stalling"
+
     return cli.main(argv)
 
 
