@@ -270,3 +270,57 @@ async def test_each_connect_resets_presence_and_asks_queue_status(store: Store) 
     await d._tasks[-1]  # the QueueStatus request
     assert link.sent == [{"Action": "QueueStatus"}]
     assert d.presence.free(T0) == ["Ivan"]  # as the recorded list says (Agent101, Status 1)
+
+
+# --- the real adapters against the CRM fakes (their contracts and rate limits) -----------------------
+
+
+@pytest.mark.parametrize("kind", ["amocrm", "bitrix24"])
+async def test_adapters_hand_on_in_the_crm_fakes(tmp_path: Any, kind: str) -> None:
+    from callguard.crm.amocrm_api import AmoApi
+    from callguard.crm.bitrix24 import Bitrix24
+    from callguard.crm.callbacks import AmoCallbacks, Bitrix24Callbacks
+    from tests.crm_support import amo_config, b24_config
+    from tests.fakes.amocrm import FakeAmo
+    from tests.fakes.bitrix24 import FakeBitrix
+
+    fake: Any = FakeBitrix(rate=2, burst=50) if kind == "bitrix24" else FakeAmo(rps=7)  # the real limits
+    base = await fake.start()
+    store = await Store.open(":memory:")
+    try:
+        cfg = b24_config(tmp_path, base) if kind == "bitrix24" else amo_config(tmp_path, base)
+        if kind == "bitrix24":
+            lead = fake.m_crm_lead_add({"fields": {"TITLE": "Пропущенный звонок"}})["result"]
+            crm: Any = Bitrix24Callbacks(Bitrix24(cfg))
+        else:
+            lead = 9_100_001
+            fake.leads[lead] = {"id": lead, "name": "Звонок", "responsible_user_id": 504141, "created_at": 0}
+            crm = AmoCallbacks(AmoApi(cfg))
+        clock = Clock(T0)
+        await deliver_lead(store, LINKEDID, T0, ref=str(lead))
+        cb_cfg = lab_config()
+        d = CallbackDriver(cb_cfg, parse_roster(cb_cfg), Callbacks(store.db), crm, clock=clock,
+                           rng=random.Random(3))
+        for name, dev in (("Agent101", "Local/101@agents"), ("Agent102", "Local/102@agents")):
+            d.on_event(member(name, dev), T0)
+        await d.load()
+        clock.t = T0 + 1
+        await d.pump(clock.t)
+        clock.t += 601
+        await d.pump(clock.t)
+        st = await state_of(store)
+        assert st["state"] == "handed_on"
+        users = [{"Ivan": 101, "Petr": 102}[m] for m in st["assignees"]]
+        if kind == "bitrix24":
+            assert fake.lead_updates == [(lead, {"ASSIGNED_BY_ID": u}) for u in users]
+            assert fake.leads[lead]["ASSIGNED_BY_ID"] == users[-1]
+        else:
+            assert fake.lead_patches == [(lead, {"responsible_user_id": u}) for u in users]
+            assert [(t["responsible_user_id"], t["task_type_id"], t["entity_type"], t["entity_id"])
+                    for t in fake.tasks] == [(u, 1, "leads", lead) for u in users]
+            assert fake.tasks[-1]["complete_till"] == int(clock.t + 600)
+        assert fake.errors == [], fake.errors
+        await d.stop()
+    finally:
+        await store.close()
+        await fake.close()

@@ -207,6 +207,9 @@ class CallbackDriver:
                 await tasks.stop(writer)
                 log.error("callbacks_persist_timeout", unsaved=len(self._dirty))
         self._tasks = []
+        close = getattr(self.crm, "close", None)
+        if close is not None:
+            await close()
 
     def idle(self) -> bool:
         return not self._dirty and not self._taken and not self._crm_jobs and not self._write_ready.is_set()
