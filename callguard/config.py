@@ -333,7 +333,7 @@ _WEEKDAYS = {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
 @dataclass(frozen=True)
 class ManagerConfig:
     name: str = ""
-    crm_user_id: int = 0
+    crm_user_id: int = num(0, 0, 1_000_000_000_000)  # 0 = none: their CRM steps are skipped
     # Queue member interfaces and phones: "PJSIP/101", "Local/101@agents" (as QueueStatus shows them).
     devices: list[str] = field(default_factory=list)
     # Caller IDs their phones dial out with; empty = the digits of each device ("PJSIP/101" → "101").
@@ -346,7 +346,7 @@ class ManagerConfig:
 @dataclass(frozen=True)
 class HeadConfig:
     name: str = ""
-    crm_user_id: int = 0
+    crm_user_id: int = num(0, 0, 1_000_000_000_000)  # 0 = none: their CRM steps are skipped
     notify: bool = True  # tell the head of every assignment, not only of escalations
 
 
