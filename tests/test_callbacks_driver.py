@@ -12,55 +12,10 @@ import pytest
 
 from callguard.callbacks.driver import CallbackDriver
 from callguard.callbacks.settings import CallbackConfig, parse_roster
-from callguard.errors import CrmUnavailableError
 from callguard.store import Store
 from callguard.store.callbacks import Callbacks
-from callguard.store.calls import CallRow
-from tests.callbacks_support import T0, lab_config
+from tests.callbacks_support import LINKEDID, T0, Clock, RecordingCrm, deliver_lead, lab_config, member
 from tests.fakes.asterisk_ami import frames
-
-CUSTOMER = "+79035550142"  # the number s18–s21 call back
-LINKEDID = "1796114370.100"
-
-
-class RecordingCrm:
-    name = "recording"
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str, int, float | None]] = []
-        self.failing = 0
-
-    def _maybe_fail(self) -> None:
-        if self.failing:
-            self.failing -= 1
-            raise CrmUnavailableError("fake outage")
-
-    async def set_responsible(self, lead_ref: str, user_id: int) -> None:
-        self._maybe_fail()
-        self.calls.append(("responsible", lead_ref, user_id, None))
-
-    async def create_task(self, lead_ref: str, user_id: int, due: float, text: str) -> str:
-        self._maybe_fail()
-        self.calls.append(("task", lead_ref, user_id, due))
-        return str(len(self.calls))
-
-    def responsibles(self) -> list[int]:
-        return [u for kind, _, u, _ in self.calls if kind == "responsible"]
-
-
-def member(name: str, device: str, status: str = "1", paused: str = "0") -> dict[str, str]:
-    """The recorded QueueStatus list item (s22) for another member of the lab queue."""
-    item = next(f for f in frames("s22_queue_member_added_removed") if f.get("Event") == "QueueMember")
-    return {**item, "Name": name, "Location": device, "StateInterface": device, "Status": status,
-            "Paused": paused}
-
-
-class Clock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @pytest.fixture
@@ -68,14 +23,6 @@ async def store() -> AsyncIterator[Store]:
     s = await Store.open(":memory:")
     yield s
     await s.close()
-
-
-async def deliver_lead(store: Store, linkedid: str, at: float, ref: str = "lead-77", misses: int = 1) -> None:
-    row = CallRow(linkedid, linkedid, CUSTOMER, "5551000", "clean", "missed", "abandoned", at - 6, at, 6.0)
-    lead = {"linkedid": linkedid, "caller": CUSTOMER, "did": "5551000", "reason": "abandoned",
-            "started_at": at - 6, "ended_at": at, "wait_s": 6.0, "misses": misses}
-    assert await store.calls.record(row, lead, at)
-    await store.outbox.mark_sent(linkedid, ref, at + 0.5, None)
 
 
 def driver(store: Store, crm: RecordingCrm, clock: Clock, cfg: CallbackConfig | None = None) -> CallbackDriver:
