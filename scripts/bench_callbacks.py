@@ -149,8 +149,8 @@ async def _loopback(n_open: int, dials: int) -> tuple[list[float], float, float]
     cpu = time.process_time()
     await d.load()
     while len(d.book) < n_open:
-        await d.intake(clock.t)
-    await d.flush()
+        await d.intake(clock.t)  # 200 leads a pass, as the timer takes them
+        await d.flush()  # persisted with their CRM steps pending: start() below redoes them, as a restart
     cpu = time.process_time() - cpu
     rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
     frames = parse_stream((TRACES / "s18_callback_answered.ami.txt").read_bytes())[1]
@@ -158,9 +158,9 @@ async def _loopback(n_open: int, dials: int) -> tuple[list[float], float, float]
     fake = await FakeAsterisk([Script(body=b"")]).start()
     client = AmiClient(loopback_cfg(Config(), fake.port).ami, d.on_event)
     await client.start()
-    await d.start()
-    while not fake._writers or not client.connected:
-        await asyncio.sleep(0.01)  # setup only: the link comes up
+    await d.start()  # a restart: loads the open rows, the CRM worker redoes their 10,000 assignments
+    while not fake._writers or not client.connected:  # noqa: ASYNC110 - setup only: the link comes up
+        await asyncio.sleep(0.01)
     writer = next(iter(fake._writers))
     rows = Callbacks(store.db)
     samples = []
