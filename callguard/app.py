@@ -18,6 +18,8 @@ import structlog
 from callguard import metrics, sdnotify, watchdog
 from callguard.agi.server import AgiServer
 from callguard.ami.client import AmiClient
+from callguard.callbacks.driver import CallbackDriver
+from callguard.callbacks.wiring import ClientLink, build_callbacks, fan_out
 from callguard.calls.recorder import CallFlow
 from callguard.calls.tracker import CallTracker
 from callguard.config import REMOVED_KEYS, Config
@@ -52,6 +54,7 @@ class Parts:
     agi: AgiServer
     outbox: OutboxWorker
     calls: CallFlow | None = None
+    callbacks: CallbackDriver | None = None
     ami: AmiClient | None = None
     sync: SyncService | None = None
     web: WebServer | None = None
@@ -59,8 +62,9 @@ class Parts:
     def ordered(self) -> list[Part]:
         # outbox → calls → ami: stop (reverse) ends intake first, then persists the tracker's outcomes,
         # then stops delivery; sync before web (webhooks hand it contact ids); web last (it reports on all).
-        candidates: list[Part | None] = [self.screener, self.agi, self.outbox, self.calls, self.ami, self.sync,
-                                         self.web]
+        # callbacks after calls, before ami: the AMI feed stops first, then the loop persists its steps.
+        candidates: list[Part | None] = [self.screener, self.agi, self.outbox, self.calls, self.callbacks,
+                                         self.ami, self.sync, self.web]
         return [p for p in candidates if p is not None]
 
 
@@ -71,8 +75,14 @@ def build_parts(cfg: Config, store: Store) -> Parts:
     if cfg.ami.enabled:
         parts.calls = CallFlow(CallTracker(cfg), store, on_lead=parts.outbox.wake)
         screener.subscribe(parts.calls.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid
+        on_event = parts.calls.on_event
+        if cfg.callback.enabled:  # the call-back loop rides the same feed, after the call flow
+            parts.callbacks = build_callbacks(cfg, store)
+            on_event = fan_out(parts.calls.on_event, parts.callbacks.on_event)
         # after every login: re-attach calls in progress, rebuild those that ended in the gap (issue 15)
-        parts.ami = AmiClient(cfg.ami, parts.calls.on_event, parts.calls.on_link_lost, parts.calls.resync)
+        parts.ami = AmiClient(cfg.ami, on_event, parts.calls.on_link_lost, parts.calls.resync)
+        if parts.callbacks is not None:
+            parts.callbacks.link = ClientLink(parts.ami)
     if cfg.crm.kind != "none":
         parts.sync = build_sync(cfg, store)
     if cfg.web.enabled:

@@ -70,6 +70,28 @@ AMI_TIMESTAMPS_CLAMPED = Counter(
     ["kind"], registry=REGISTRY,
 )
 
+CALLBACKS_OPEN = Gauge(
+    "callguard_callbacks_open", "Missed calls not yet called back (open call-backs)", registry=REGISTRY
+)
+CALLBACK_SLA_BREACHES = Counter(
+    "callguard_callbacks_sla_breaches",
+    "Call-backs whose first attempt did not come within callback.sla of the miss (counted once each)",
+    registry=REGISTRY,
+)
+CALLBACK_HANDONS = Counter(
+    "callguard_callbacks_handons", "Missed calls handed on to another manager after the pause", registry=REGISTRY
+)
+CALLBACK_ESCALATIONS = Counter(
+    "callguard_callbacks_escalations", "Call-backs escalated to the head of sales", registry=REGISTRY
+)
+CALLBACK_STEPS = Counter(
+    "callguard_callbacks_steps", "Call-back transitions persisted, by new state", ["state"], registry=REGISTRY
+)
+CALLBACK_CRM_FAILURES = Counter(
+    "callguard_callbacks_crm_failures", "CRM steps of the call-back loop that failed (retried later)",
+    registry=REGISTRY,
+)
+
 
 class ReadCounter(Collector):
     """A counter read at scrape time from ``source`` (set at start-up), for a count that must survive the

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from callguard.callbacks.settings import CallbackConfig, HeadConfig, ManagerConfig
+from callguard.errors import CrmUnavailableError
+from callguard.store import Store
+from callguard.store.calls import CallRow
+from tests.fakes.asterisk_ami import frames
 
 ALL_DAY = {d: "00:00-24:00" for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun")}
 T0 = 1796114370.0  # 2026-12-01 09:19:30 UTC, the day s18–s21 were recorded (a Tuesday)
@@ -15,3 +19,55 @@ def lab_config(**kw: object) -> CallbackConfig:
     base: dict[str, object] = {"enabled": True, "managers": managers, "head": HeadConfig("Olga", 7)}
     base.update(kw)
     return CallbackConfig(**base)  # type: ignore[arg-type]
+
+
+CUSTOMER = "+79035550142"  # the number s18–s21 call back
+LINKEDID = "1796114370.100"
+
+
+class RecordingCrm:
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int, float | None]] = []
+        self.failing = 0
+
+    def _maybe_fail(self) -> None:
+        if self.failing:
+            self.failing -= 1
+            raise CrmUnavailableError("fake outage")
+
+    async def set_responsible(self, lead_ref: str, user_id: int) -> None:
+        self._maybe_fail()
+        self.calls.append(("responsible", lead_ref, user_id, None))
+
+    async def create_task(self, lead_ref: str, user_id: int, due: float, text: str) -> str:
+        self._maybe_fail()
+        self.calls.append(("task", lead_ref, user_id, due))
+        return str(len(self.calls))
+
+    def responsibles(self) -> list[int]:
+        return [u for kind, _, u, _ in self.calls if kind == "responsible"]
+
+
+def member(name: str, device: str, status: str = "1", paused: str = "0") -> dict[str, str]:
+    """The recorded QueueStatus list item (s22) for another member of the lab queue."""
+    item = next(f for f in frames("s22_queue_member_added_removed") if f.get("Event") == "QueueMember")
+    return {**item, "Name": name, "Location": device, "StateInterface": device, "Status": status,
+            "Paused": paused}
+
+
+class Clock:
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+async def deliver_lead(store: Store, linkedid: str, at: float, ref: str = "lead-77", misses: int = 1) -> None:
+    row = CallRow(linkedid, linkedid, CUSTOMER, "5551000", "clean", "missed", "abandoned", at - 6, at, 6.0)
+    lead = {"linkedid": linkedid, "caller": CUSTOMER, "did": "5551000", "reason": "abandoned",
+            "started_at": at - 6, "ended_at": at, "wait_s": 6.0, "misses": misses}
+    assert await store.calls.record(row, lead, at)
+    await store.outbox.mark_sent(linkedid, ref, at + 0.5, None)

@@ -114,11 +114,10 @@ CONTACT_VARIABLES = {
     "CALLGUARD_CONTACT_NAME": 'Ivan "Big" Petrov',
     "CALLGUARD_OWNER": "Anna",
 }
-CONTACT_COMMANDS = [  # one SET VARIABLE each, the verdict first (DESIGN.md, the dialplan contract)
+CONTACT_COMMANDS = [  # the verdict alone first (DESIGN.md, the dialplan contract), then the contact in one ARRAY()
     "SET VARIABLE CALLGUARD_VERDICT clean",
-    "SET VARIABLE CALLGUARD_CONTACT_ID 4711",
-    'SET VARIABLE CALLGUARD_CONTACT_NAME "Ivan \\"Big\\" Petrov"',
-    "SET VARIABLE CALLGUARD_OWNER Anna",
+    'SET VARIABLE ARRAY(CALLGUARD_CONTACT_ID,CALLGUARD_CONTACT_NAME,CALLGUARD_OWNER) '
+    '"4711,Ivan \\\\\\"Big\\\\\\" Petrov,Anna"',
 ]
 
 
@@ -132,13 +131,13 @@ async def test_known_contact_sets_contact_variables(running: Running) -> None:
 
 
 async def test_contact_variables_without_func_strings(running: Running) -> None:
-    """An Asterisk without func_strings.so (no ARRAY()) gets exactly the same commands and variables:
-    callguard never uses a dialplan function to set them, and logs no error about it."""
+    """An Asterisk without func_strings.so (no ARRAY()) still gets the verdict, in its own plain command:
+    only the contact variables are missing (the caller's name is not shown); no error, no retry."""
     await _add_contact(running.store)
     with capture_logs() as logs:
         channel = Channel(func_strings=False)
         assert await session(running.port, load("s02_clean_answered").header, channel=channel) == CONTACT_COMMANDS
-    assert channel.variables == CONTACT_VARIABLES
+    assert channel.variables == {"CALLGUARD_VERDICT": "clean"}
     assert [e["event"] for e in logs if e["log_level"] == "error"] == []
 
 
@@ -149,12 +148,12 @@ async def test_a_rejected_command_stops_the_rest(running: Running) -> None:
 
     class Refusing(Channel):
         def execute(self, command: str) -> str:
-            return "520 Invalid command syntax." if "CONTACT_ID" in command else super().execute(command)
+            return "520 Invalid command syntax." if "VERDICT" in command else super().execute(command)
 
     with capture_logs() as logs:
         got = await session(running.port, load("s02_clean_answered").header, channel=Refusing())
-    assert got == CONTACT_COMMANDS[:2]
-    assert [e["command"] for e in logs if e["event"] == "agi_command_rejected"] == ["CALLGUARD_CONTACT_ID"]
+    assert got == CONTACT_COMMANDS[:1]
+    assert [e["command"] for e in logs if e["event"] == "agi_command_rejected"] == ["CALLGUARD_VERDICT"]
     assert [e["delivered"] for e in logs if e["event"] == "call_screened"] == [False]
 
 

@@ -8,7 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callguard.agi.wire import AGI_MAX_LINE, MAX_VALUE_LENGTH, parse_reply, parse_request, quote, set_variable
+from callguard.agi.wire import (
+    AGI_MAX_LINE,
+    MAX_ARRAY_VALUE,
+    MAX_VALUE_LENGTH,
+    commands_for,
+    parse_reply,
+    parse_request,
+    quote,
+    set_variable,
+    set_variables,
+)
 from callguard.errors import AgiProtocolError
 from callguard.screening.rules import Decision, Verdict
 from callguard.screening.screener import variables_for
@@ -164,8 +174,8 @@ _crm_text = st.one_of(
 @given(st.sampled_from(list(Verdict)), _crm_text, _crm_text, _crm_text)
 def test_every_command_is_one_line_within_res_agi_buffer(verdict: Verdict, cid: str, name: str, owner: str) -> None:
     decision = Decision(verdict, "test", Contact(cid, name, owner, False, "amocrm"))
-    commands = [set_variable(n, v) for n, v in variables_for(decision)]  # what agi/server writes, in order
-    assert commands[0] == f"SET VARIABLE CALLGUARD_VERDICT {verdict.value}"  # the verdict first
+    commands = commands_for(variables_for(decision))  # what agi/server writes, in order
+    assert commands[0] == f"SET VARIABLE CALLGUARD_VERDICT {verdict.value}"  # the verdict first, alone
     for command in commands:
         wire = (command + "\n").encode()
         assert wire.count(b"\n") == 1 and b"\r" not in wire
@@ -173,7 +183,17 @@ def test_every_command_is_one_line_within_res_agi_buffer(verdict: Verdict, cid: 
     got = channel_variables(commands)
     # what arrives is the cleaned value, cut to fit: a prefix, never something else
     assert got["CALLGUARD_VERDICT"] == verdict.value
-    assert _cleaned(name, MAX_VALUE_LENGTH).startswith(got.get("CALLGUARD_CONTACT_NAME", ""))
+    assert _cleaned(name, MAX_ARRAY_VALUE).startswith(got.get("CALLGUARD_CONTACT_NAME", ""))
+    assert channel_variables(commands, func_strings=False)["CALLGUARD_VERDICT"] == verdict.value  # never needs ARRAY()
+
+
+def test_array_command_shapes() -> None:
+    command = set_variables([("A", "x,y"), ("B", 'Ivan "Big" (Jr) [x] \\ z'), ("C", "")])
+    assert command == 'SET VARIABLE ARRAY(A,B,C) "x\\\\,y,Ivan \\\\\\"Big\\\\\\" \\\\(Jr\\\\) \\\\[x\\\\] \\\\\\\\ z,"'
+    assert channel_variables([command]) == {"A": "x,y", "B": 'Ivan "Big" (Jr) [x] \\ z', "C": ""}
+    assert set_variables([("A", "1")]) == set_variable("A", "1")  # one variable: the plain command
+    with pytest.raises(ValueError, match="variable name"):
+        set_variables([("A", "1"), ("B C", "2")])
 
 
 def test_plain_long_value_cannot_smuggle_a_second_command() -> None:

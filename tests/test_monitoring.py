@@ -18,8 +18,9 @@ MONITORING = Path(__file__).parent.parent / "scripts" / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 PROMTOOL = shutil.which("promtool")
-# Exported by the call-back loop once it is wired (callguard/callbacks/); until then the alert never fires.
-FUTURE = {"callguard_callbacks_sla_breaches_total"}
+# Metrics an alert or panel names before callguard exports them (none now: the call-back loop exports
+# callguard_callbacks_sla_breaches_total since issue 16).
+FUTURE: set[str] = set()
 # Prometheus's own series, not callguard's.
 BUILTIN = {"up"}
 NAME = re.compile(r"\b(callguard_[a-z0-9_]+|up)\b")

@@ -23,7 +23,7 @@ import structlog
 from callguard import metrics
 from callguard.agi import rxtime
 from callguard.agi.connection import AgiConnection, AgiSession
-from callguard.agi.wire import set_variable
+from callguard.agi.wire import commands_for
 from callguard.config import AgiConfig
 from callguard.errors import AgiProtocolError, BindError
 from callguard.screening.screener import Screen, ScreenRequest
@@ -108,14 +108,15 @@ class AgiServer:
         handler.record(screen, delivered=delivered, hung_up=session.hung_up)
 
     async def _set_variables(self, session: AgiSession, variables: list[tuple[str, str]]) -> bool:
-        """One ``SET VARIABLE`` each, in order; False when Asterisk did not take one (the dialplan then
-        fails open on what it has: the verdict goes first)."""
+        """The verdict's ``SET VARIABLE``, then the contact's in one ARRAY() (``wire.commands_for``), in
+        order; False when Asterisk did not take one (the dialplan then fails open on what it has: the
+        verdict goes first)."""
         try:
-            for name, value in variables:
-                reply = await session.send_command(set_variable(name, value))
+            for command in commands_for(variables):
+                reply = await session.send_command(command)
                 if not reply.ok:
-                    log.warning("agi_command_rejected", uniqueid=session.request.uniqueid, command=name,
-                                reply=reply.text)
+                    log.warning("agi_command_rejected", uniqueid=session.request.uniqueid,
+                                command=command.split(" ", 3)[2], reply=reply.text)
                     return False
         except (AgiProtocolError, TimeoutError, ConnectionError, OSError) as e:
             metrics.AGI_ERRORS.labels(kind="reply").inc()

@@ -139,6 +139,47 @@ def set_variable(name: str, value: str) -> str:
     return head + _fit(_clean(value, MAX_VALUE_LENGTH), MAX_LINE_BODY - len(head), _bare_or_quoted)
 
 
+# What __ast_app_separate_args (main/app.c) reads as syntax when ARRAY() splits its value: the comma,
+# quotes, the backslash, and brackets (commas inside them do not split). A backslash makes each literal.
+_APP_ARG_ESCAPES = str.maketrans({ch: "\\" + ch for ch in '\\,"()[]'})
+MAX_ARRAY_VALUE = 100  # characters each ARRAY() value keeps
+
+
+def _array_value(text: str) -> str:
+    # Escaped for ARRAY's split, then for the AGI line; the quotes around the whole are counted apart.
+    return _agi_quote(text.translate(_APP_ARG_ESCAPES))[1:-1]
+
+
+def set_variables(pairs: list[tuple[str, str]]) -> str:
+    """Several variables in one command through Asterisk's ARRAY() (funcs/func_strings.c, loaded by
+    default): ``SET VARIABLE ARRAY(A,B) "a,b"``, one round trip instead of one per variable (commands
+    cannot be pipelined: res_agi waits for each on the socket). Each value is escaped for ARRAY's comma
+    split and then for the AGI line, cut at ``MAX_ARRAY_VALUE`` characters, and the values share what is
+    left of res_agi's line after the names: always one line of at most ``MAX_LINE_BODY`` bytes."""
+    if len(pairs) == 1:
+        return set_variable(*pairs[0])
+    for name, _ in pairs:
+        _check_name(name)
+    head = f"SET VARIABLE ARRAY({','.join(name for name, _ in pairs)}) "
+    # 2 quotes around the whole, the comma ARRAY splits on between values
+    budget = (MAX_LINE_BODY - len(head) - 2 - (len(pairs) - 1)) // len(pairs)
+    values = ",".join(_fit(_clean(value, MAX_ARRAY_VALUE), budget, _array_value) for _, value in pairs)
+    return f'{head}"{values}"'
+
+
+def commands_for(variables: list[tuple[str, str]]) -> list[str]:
+    """The commands that set ``variables`` (the verdict first): the verdict alone, in a plain command that
+    needs nothing but res_agi, then a known contact's id, name and owner in one ARRAY() command. So the
+    verdict never depends on func_strings (no read-back needed: without ARRAY() only the contact
+    variables are missing, the caller's name is not shown), and a contact's call costs 2 round trips, not
+    4 (scripts/bench_agi.py: 70 % of its callers are contacts; 4 commands each cost ~50 % more CPU per
+    screen and p99 2 → 15 ms at 2,000/s on 2 cores)."""
+    if not variables:
+        return []
+    first, rest = variables[0], variables[1:]
+    return [set_variable(*first), *([set_variables(rest)] if rest else [])]
+
+
 @dataclass(frozen=True)
 class AgiReply:
     code: int

@@ -54,6 +54,10 @@ class CallbackBook:
     def get(self, key: str) -> Callback | None:
         return self._open.get(key)
 
+    def values(self) -> list[Callback]:
+        """Every open call-back (a copy: safe to step while iterating)."""
+        return list(self._open.values())
+
     def for_customer(self, customer: str) -> list[Callback]:
         return [self._open[k] for k in sorted(self._by_customer.get(customer, ()))]
 

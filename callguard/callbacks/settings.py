@@ -19,56 +19,25 @@ days = { mon = "09:00-18:00", tue = "09:00-18:00" }
 ```
 ``parse_roster`` turns it into a ``Roster`` (hours parsed with screening's ``parse_schedule``), raising
 ``ConfigError`` with the dotted key, so a bad roster stops the service before the loop starts.
+The config dataclasses live in config.py (``Config.callback``); they are re-exported here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from callguard.config import Duration, HoursConfig
+from callguard.config import CallbackConfig, Duration, HeadConfig, HoursConfig, ManagerConfig
 from callguard.errors import ConfigError
 from callguard.screening.rules import DAYS, Schedule, parse_schedule
 
-_WEEKDAYS = {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
+__all__ = ["CallbackConfig", "HeadConfig", "Manager", "ManagerConfig", "Roster", "parse_roster"]
+
 # A channel is named after its device plus a unique suffix: PJSIP/101-0000000a, SIP/101-0000000a,
 # Local/101@agents-00000008;1 (main/channel.c ast_channel_alloc: "<tech>/<resource>-<8 hex>").
 _CHANNEL_SUFFIX = re.compile(r"-[0-9a-f]{8}(;[12])?$")
-
-
-@dataclass(frozen=True)
-class ManagerConfig:
-    name: str = ""
-    crm_user_id: int = 0
-    # Queue member interfaces and phones: "PJSIP/101", "Local/101@agents" (as QueueStatus shows them).
-    devices: list[str] = field(default_factory=list)
-    # Caller IDs their phones dial out with; empty = the digits of each device ("PJSIP/101" → "101").
-    extensions: list[str] = field(default_factory=list)
-    timezone: str = "Europe/Moscow"
-    days: dict[str, str] = field(default_factory=lambda: dict(_WEEKDAYS))
-    holidays: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HeadConfig:
-    name: str = ""
-    crm_user_id: int = 0
-    notify: bool = True  # tell the head of every assignment, not only of escalations
-
-
-@dataclass(frozen=True)
-class CallbackConfig:
-    enabled: bool = False
-    pause: Duration = Duration(600.0)
-    max_handoffs: int = 3
-    sla: Duration = Duration(900.0)
-    # After a failed CRM call the step is tried again this much later (never a second hand-on).
-    crm_retry: Duration = Duration(60.0)
-    queues: list[str] = field(default_factory=list)
-    head: HeadConfig = field(default_factory=HeadConfig)
-    managers: list[ManagerConfig] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

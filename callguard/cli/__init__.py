@@ -21,7 +21,7 @@ def _commands() -> list[Callable[[argparse._SubParsersAction], None]]:  # type: 
     from callguard.cli import check, importer, run
 
     mods = [run, check, importer]
-    for optional in ("replay", "outbox", "sync", "stats", "doctor", "lists", "passwd", "reconcile"):
+    for optional in ("replay", "outbox", "sync", "stats", "callbacks", "reconcile", "doctor", "lists", "passwd"):
         try:
             mods.append(__import__(f"callguard.cli.{optional}", fromlist=["register"]))
         except ModuleNotFoundError as e:

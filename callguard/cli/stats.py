@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import time
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from callguard.cli.storeopen import open_store
@@ -58,11 +60,42 @@ def since_spec(value: str) -> str:
 def handle(args: argparse.Namespace, cfg: Config) -> int:
     now = time.time()
     report = asyncio.run(collect(cfg, args.since, args.by, now))
+    callbacks = asyncio.run(collect_callbacks(cfg, report.since, report.until))
     if args.json:
-        print(dumps(report.as_dict()))
+        print(dumps(report.as_dict() | {"callbacks": callbacks}))
     else:
-        print("\n".join(visible(line) for line in render(report, cfg.hours.timezone).split("\n")))
+        text = render(report, cfg.hours.timezone) + render_callbacks(callbacks)
+        print("\n".join(visible(line) for line in text.split("\n")))
     return 0
+
+
+async def collect_callbacks(cfg: Config, since: float, until: float) -> dict[str, Any]:
+    """Time to call-back (median, p90), the share within ``callback.sla``, per manager and per DID."""
+    from callguard.callbacks.report import figures
+    from callguard.store.callbacks import Callbacks
+
+    store = await open_store(cfg, readonly=True, stream=io.StringIO())  # named once already, by collect()
+    try:
+        return figures(await Callbacks(store.db).in_window(since, until), float(cfg.callback.sla))
+    finally:
+        await store.close()
+
+
+def render_callbacks(cb: dict[str, Any]) -> str:
+    t = cb["total"]
+    if not t["misses"]:
+        return ""
+    head = ["call-backs", "misses", "called back", "never", "median", "p90", f"≤ SLA {cb['sla_s']:.0f}s",
+            "reached", "got through", "CRM closed", "open", "hand-ons"]
+
+    def line(f: dict[str, Any], key: str) -> list[object]:
+        return [key, f["misses"], f["called_back"], f["never_called_back"], _secs(f["median_s"]), _secs(f["p90_s"]),
+                _pct(f["within_sla_share"]), f["reached"], f["got_through"], f["closed_in_crm"], f["open"],
+                f["handoffs"]]
+
+    rows = [line(f, f"manager {f['key']}") for f in cb["by_manager"]]
+    rows += [line(f, f"DID {f['key']}") for f in cb["by_did"]]
+    return "\n\n" + table(head, [*rows, line(t, "total")], numbers=False)
 
 
 # --- the readable form --------------------------------------------------------------------------

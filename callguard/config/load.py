@@ -229,6 +229,11 @@ def _validate(cfg: Config) -> None:
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
         raise ConfigError("sink 'crm' needs crm.kind = 'amocrm' or 'bitrix24'", "outbox.sink")
     _validate_hours(cfg.hours)
+    # The roster is parsed where it is used (callbacks/settings, which builds on config's types): imported
+    # here, at call time, so config has no import-time dependency on callbacks/.
+    from callguard.callbacks.settings import parse_roster
+
+    parse_roster(cfg.callback)
 
 
 def load_config(

@@ -205,6 +205,43 @@ class ServiceConfig:
     stall_timeout: Duration = dur("1s", "0s", "1m")
 
 
+# [callback]: the call-back loop (issue 16); checked by callbacks.settings.parse_roster.
+_WEEKDAYS = {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
+
+
+@dataclass(frozen=True)
+class ManagerConfig:
+    name: str = ""
+    crm_user_id: int = num(0, 0, 1_000_000_000_000)  # 0 = none: their CRM steps are skipped
+    # Queue member interfaces and phones: "PJSIP/101", "Local/101@agents" (as QueueStatus shows them).
+    devices: list[str] = field(default_factory=list)
+    # Caller IDs their phones dial out with; empty = the digits of each device ("PJSIP/101" → "101").
+    extensions: list[str] = field(default_factory=list)
+    timezone: str = "Europe/Moscow"
+    days: dict[str, str] = field(default_factory=lambda: dict(_WEEKDAYS))
+    holidays: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    name: str = ""
+    crm_user_id: int = num(0, 0, 1_000_000_000_000)  # 0 = none: their CRM steps are skipped
+    notify: bool = True  # tell the head of every assignment, not only of escalations
+
+
+@dataclass(frozen=True)
+class CallbackConfig:
+    enabled: bool = False
+    pause: Duration = dur("10m", "10s", "1d")
+    max_handoffs: int = num(3, 0, 50)
+    sla: Duration = dur("15m", "1m", "7d")
+    # After a failed CRM call the step is tried again this much later (never a second hand-on).
+    crm_retry: Duration = dur("1m", "1s", "1h")
+    queues: list[str] = field(default_factory=list)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    managers: list[ManagerConfig] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -221,6 +258,7 @@ class Config:
     web: WebConfig = field(default_factory=WebConfig)
     log: LogConfig = field(default_factory=LogConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    callback: CallbackConfig = field(default_factory=CallbackConfig)
     source: Path | None = None
     # Keys of an older release found in the file and ignored (REMOVED_KEYS says why); `run` logs them.
     ignored: tuple[str, ...] = ()

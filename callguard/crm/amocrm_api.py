@@ -56,6 +56,11 @@ class AmoApi:
         await self._load_tokens()
         return (await self.http.request("POST", self.base + path, label, json_body=body, idempotent=False)).body
 
+    async def patch(self, path: str, label: str, body: Any) -> Any:
+        """PATCH an update (setting a field to a value is idempotent, so it is retried like a read)."""
+        await self._load_tokens()
+        return (await self.http.request("PATCH", self.base + path, label, json_body=body)).body
+
     async def close(self) -> None:
         await self.http.close()
 

@@ -108,6 +108,39 @@ MIGRATIONS: dict[int, str] = {
     -- ~3 µs more of the writer's time (~16 against ~13 µs a row).
     DROP INDEX IF EXISTS screens_uniqueid;
     """,
+    5: """
+    -- The call-back loop (issue 16): one row per call-back, written before each step's actions run.
+    CREATE TABLE callbacks (
+        key              TEXT PRIMARY KEY,           -- Linkedid of the miss that opened it
+        customer         TEXT NOT NULL,              -- E.164
+        did              TEXT NOT NULL DEFAULT '',
+        lead_ref         TEXT NOT NULL DEFAULT '',   -- the CRM lead (the outbox item's crm_ref)
+        state            TEXT NOT NULL,
+        manager          TEXT NOT NULL DEFAULT '',
+        by_manager       TEXT NOT NULL DEFAULT '',
+        missed_at        REAL NOT NULL,
+        due              REAL,
+        handoffs         INTEGER NOT NULL DEFAULT 0,
+        attempts         INTEGER NOT NULL DEFAULT 0,
+        first_attempt_at REAL,
+        first_talk_at    REAL,
+        closed_at        REAL,
+        reason           TEXT NOT NULL DEFAULT '',
+        data             TEXT NOT NULL,              -- Callback.to_row() as JSON
+        pending          TEXT NOT NULL DEFAULT '[]', -- the CRM actions persisted, not yet carried out
+        opened_at        REAL NOT NULL,
+        updated_at       REAL NOT NULL
+    );
+    CREATE INDEX callbacks_missed ON callbacks(missed_at);
+    CREATE INDEX callbacks_state ON callbacks(state);
+
+    -- Delivered leads (the outbox linkedid) the loop has taken in, and the call-back each went to.
+    CREATE TABLE callback_leads (
+        linkedid  TEXT PRIMARY KEY,
+        callback  TEXT NOT NULL,
+        at        REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
 
 LATEST = max(MIGRATIONS)

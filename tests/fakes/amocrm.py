@@ -70,6 +70,7 @@ class FakeAmo(FakeServer):
         self.unsorted: list[dict[str, Any]] = []
         self.notes: list[dict[str, Any]] = []
         self.tasks: list[dict[str, Any]] = []
+        self.lead_patches: list[tuple[int, dict[str, Any]]] = []  # (lead id, body) in order
         self.oauth = {"client_id": "", "client_secret": "", "refresh_token": ""}
         self._ids = itertools.count(generated + 1000)
         self._clock = int(time.time())
@@ -88,6 +89,7 @@ class FakeAmo(FakeServer):
         r.add_post("/api/v4/leads/notes", self.add_notes)
         r.add_get(r"/api/v4/leads/{id:\d+}/notes", self.list_notes)
         r.add_post("/api/v4/tasks", self.add_tasks)
+        r.add_patch(r"/api/v4/leads/{id:\d+}", self.patch_lead)
         r.add_post("/oauth2/access_token", self.access_token)
 
     # --- test helpers ---------------------------------------------------------------------------------
@@ -325,6 +327,7 @@ class FakeAmo(FakeServer):
         list_leads,
         list_notes,
         list_unsorted,
+        patch_lead,
     )
 
 

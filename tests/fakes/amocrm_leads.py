@@ -179,3 +179,18 @@ async def add_tasks(self: Any, request: web.Request) -> web.StreamResponse:
             return self._reject(request, f"task fields {sorted(task)}")
         self.tasks.append(task)
     return hal({"_embedded": {"tasks": [{"id": i + 1} for i in range(len(body))]}})
+
+
+async def patch_lead(self: Any, request: web.Request) -> web.StreamResponse:
+    """``PATCH /api/v4/leads/{id}`` (crm-apis.md §1.5): only the fields sent change; an unknown lead is 404."""
+    lid = int(request.match_info["id"])
+    if request.content_type != "application/json":
+        return self._reject(request, f"content type {request.content_type}")
+    body = await request.json()  # one lead: an object, where the collection routes take an array
+    if not isinstance(body, dict) or set(body) - {"responsible_user_id", "status_id", "pipeline_id", "name"}:
+        return self._reject(request, f"lead patch {body!r}")
+    if lid not in self.leads:
+        return problem(404, "Not Found")
+    self.leads[lid].update(body)
+    self.lead_patches.append((lid, body))
+    return hal({"id": lid, "updated_at": self.tick()})

@@ -229,10 +229,10 @@ def res_agi_reads(wire: bytes) -> list[str]:
     return out
 
 
-def channel_variables(commands: list[str]) -> dict[str, str]:
+def channel_variables(commands: list[str], func_strings: bool = True) -> dict[str, str]:
     """The channel variables the ``SET VARIABLE`` commands leave on a channel (see ``Channel``), each
     written as callguard writes it (one line) and read back as res_agi reads it."""
-    channel = Channel()
+    channel = Channel(func_strings=func_strings)
     for command in res_agi_reads(b"".join(c.encode() + b"\n" for c in commands)):
         argv = agi_args(command)
         assert argv[:2] == ["SET", "VARIABLE"] and len(argv) == 4, f"not a valid SET VARIABLE: {command!r}"

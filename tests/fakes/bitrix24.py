@@ -31,6 +31,7 @@ PARAMS = {
     "crm.duplicate.findbycomm": {"type", "values", "entity_type"},
     "crm.lead.add": {"fields", "params"},
     "crm.lead.list": {"order", "filter", "select", "start"},
+    "crm.lead.update": {"id", "fields", "params"},
     "crm.timeline.comment.add": {"fields"},
     "crm.timeline.comment.list": {"filter", "select", "start", "order"},
     "telephony.externalcall.register": {"USER_ID", "PHONE_NUMBER", "TYPE", "CALL_START_DATE", "CRM_CREATE",
@@ -59,6 +60,7 @@ class FakeBitrix(FakeServer):
         self.application_token = application_token
         self.contacts: dict[int, dict[str, Any]] = {}
         self.leads: dict[int, dict[str, Any]] = {}
+        self.lead_updates: list[tuple[int, dict[str, Any]]] = []
         self.comments: list[dict[str, Any]] = []
         self.calls_registered: list[dict[str, Any]] = []
         self._ids = itertools.count(100)
@@ -210,6 +212,16 @@ class FakeBitrix(FakeServer):
         lid = next(self._lead_ids)
         self.leads[lid] = {**fields, "ID": str(lid), "IS_RETURN_CUSTOMER": "Y" if "CONTACT_ID" in fields else "N"}
         return {"result": lid}
+
+    def m_crm_lead_update(self, body: dict[str, Any]) -> dict[str, Any]:
+        """§2.5: only the fields passed change; unknown fields are ignored; ``{"result": true}``."""
+        lead = self.leads.get(int(body.get("id") or 0))
+        if lead is None:
+            raise BadRequest("Not found")
+        fields = {k: v for k, v in (body.get("fields") or {}).items() if k in LEAD_FIELDS}
+        lead.update(fields)
+        self.lead_updates.append((int(body["id"]), fields))
+        return {"result": True}
 
     def m_crm_lead_list(self, body: dict[str, Any]) -> dict[str, Any]:
         flt = body.get("filter") or {}

@@ -1,0 +1,52 @@
+"""The recorded outbound call-back (s18) replayed over a real loopback AMI socket into the running driver
+(its tasks, the AMI client's fan-out): the open call-back is recorded as reached in the store."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+from callguard.ami.client import AmiClient
+from callguard.callbacks.driver import CallbackDriver
+from callguard.callbacks.settings import parse_roster
+from callguard.callbacks.wiring import ClientLink, fan_out
+from callguard.config import Config
+from callguard.store import Store
+from callguard.store.callbacks import Callbacks
+from tests.callbacks_support import LINKEDID, RecordingCrm, deliver_lead, lab_config, member
+from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, loopback_cfg
+
+
+async def test_s18_over_loopback_closes_the_open_call_back() -> None:
+    store = await Store.open(":memory:")
+    fake = await FakeAsterisk([Script(body=events_after_login("s18_callback_answered"))]).start()
+    try:
+        import time
+
+        now = time.time()
+        await deliver_lead(store, LINKEDID, now - 60)
+        cb_cfg = lab_config()
+        crm = RecordingCrm()
+        d = CallbackDriver(cb_cfg, parse_roster(cb_cfg), Callbacks(store.db), crm, rng=random.Random(1), poll_s=0.05)
+        d.on_event(member("Agent101", "Local/101@agents"), now)
+        await d.start()
+        while not crm.calls:  # the lead taken in and assigned (the timer's intake)
+            d.saved.clear()
+            await d.saved.wait()
+        seen: list[str] = []
+        cfg = loopback_cfg(Config(), fake.port)
+        client = AmiClient(cfg.ami, fan_out(lambda f, t: seen.append(f.get("Event", "")), d.on_event))
+        d.link = ClientLink(client)
+        await client.start()
+        rows = Callbacks(store.db)
+        async with asyncio.timeout(10):
+            while (rec := await rows.get(LINKEDID)) is None or rec.state != "reached":
+                d.saved.clear()
+                await d.saved.wait()
+        assert "DialBegin" in seen and rec.row["by"] == "Ivan"
+        assert rec.row["first_attempt_at"] is not None
+        await client.stop()
+        await d.stop()
+    finally:
+        await fake.stop()
+        await store.close()
