@@ -87,7 +87,11 @@ async def test_hostile_contact_names_reach_the_queue_as_data(
     try:
         for i, (name, caller) in enumerate(zip(names, callers, strict=True)):
             got = await _call_and_read_name(ami, caller, f"name-{i}")
-            assert got == expected_name(name, func_strings), f"name {i} {name[:40]!r}"
+            want = expected_name(name, func_strings)
+            if want:
+                assert got == want, f"name {i} {name[:40]!r}"
+            else:  # not set (no ARRAY() without func_strings): the caller's own, empty, name stays
+                assert got in ("", "<unknown>"), f"name {i} {name[:40]!r}: {got!r}"
     finally:
         await ami.close()
     assert not await asyncio.to_thread(lambda: list(tmp_path.glob("pwned-*"))), "a contact name ran a command"
