@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from callguard.config import CallbackConfig, Duration, HeadConfig, HoursConfig, ManagerConfig
+from callguard.config.load import validate_callback
 from callguard.errors import ConfigError
 from callguard.screening.rules import DAYS, Schedule, parse_schedule
 
@@ -122,7 +123,9 @@ def _manager(cfg: ManagerConfig, key: str) -> Manager:
 
 
 def parse_roster(cfg: CallbackConfig) -> Roster:
-    """Check ``[callback]`` and build the roster; raise ``ConfigError`` naming the bad key."""
+    """Check ``[callback]`` (config's own check, as at load) and build the roster; raise ``ConfigError``
+    naming the bad key."""
+    validate_callback(cfg)
     if cfg.pause <= 0 or cfg.crm_retry <= 0:
         raise ConfigError("callback.pause and callback.crm_retry must be positive", "callback")
     if cfg.max_handoffs < 0:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from callguard.config.sections import (
     ENV_SECRETS,
     HIDDEN_KEYS,
+    CallbackConfig,
     Config,
     HoursConfig,
     WebUser,
@@ -35,6 +36,38 @@ def _validate_hours(cfg: HoursConfig) -> None:
     for did, days in cfg.per_did.items():
         parse_week(days, f"hours.per_did.{did}")
     parse_week(cfg.days, "hours.days")
+
+
+def validate_callback(cb: CallbackConfig) -> None:
+    """``[callback]``: the roster's shape, checked at load like every section (exit 78 naming the key);
+    callbacks/settings.parse_roster calls this, then builds the runtime roster from the checked values."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    names: set[str] = set()
+    owner: dict[str, str] = {}
+    for i, m in enumerate(cb.managers):
+        key = f"callback.managers[{i}]"
+        if not m.name:
+            raise ConfigError("every manager needs a name", f"{key}.name")
+        if not m.devices:
+            raise ConfigError("list the manager's queue interface(s) or phone(s)", f"{key}.devices")
+        if m.name in names:
+            raise ConfigError(f"duplicate manager name {m.name!r}", f"{key}.name")
+        names.add(m.name)
+        try:
+            ZoneInfo(m.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as e:
+            raise ConfigError(f"unknown time zone {m.timezone!r}", f"{key}.timezone") from e
+        parse_week(m.days, f"{key}.days")
+        try:
+            parse_holidays(m.holidays)
+        except ConfigError as e:
+            raise ConfigError(str(e).removeprefix(f"{e.key}: "), f"{key}.holidays") from e
+        for device in m.devices:
+            if owner.setdefault(device, m.name) != m.name:
+                raise ConfigError(f"{device!r} belongs to {owner[device]!r} too", f"{key}.devices")
+    if cb.enabled and not cb.managers:
+        raise ConfigError("callback.enabled needs at least one [[callback.managers]]", "callback.managers")
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -229,11 +262,7 @@ def _validate(cfg: Config) -> None:
     if cfg.outbox.sink == "crm" and cfg.crm.kind == "none":
         raise ConfigError("sink 'crm' needs crm.kind = 'amocrm' or 'bitrix24'", "outbox.sink")
     _validate_hours(cfg.hours)
-    # The roster is parsed where it is used (callbacks/settings, which builds on config's types): imported
-    # here, at call time, so config has no import-time dependency on callbacks/.
-    from callguard.callbacks.settings import parse_roster
-
-    parse_roster(cfg.callback)
+    validate_callback(cfg.callback)
 
 
 def load_config(

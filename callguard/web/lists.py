@@ -9,7 +9,6 @@ session's CSRF token (checked by ``Pages.guard``), answered by a redirect back t
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
@@ -20,10 +19,8 @@ from callguard.listfile import ACTIONS, CSV_HEADER, MAX_NOTE, ListFileError, che
 from callguard.phone import normalise
 from callguard.store.overrides import Override
 from callguard.web.auth import Session
+from callguard.web.deps import PagesDeps
 from callguard.web.layout import HEADERS, esc, flashes, hidden_csrf, html, page, see_other
-
-if TYPE_CHECKING:
-    from callguard.web.pages import PagesDeps
 
 log = structlog.get_logger("callguard.web.lists")
 

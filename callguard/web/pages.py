@@ -11,9 +11,7 @@ Thin handlers (STYLE.md rule 11): check the session, parse, call the store or th
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from functools import wraps
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -22,31 +20,15 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractResource
 
-from callguard.config import Config
-from callguard.store import Store
-from callguard.store.stats import CallbackSource
 from callguard.web import dashboard
-from callguard.web.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, FailureLimiter, Session, Sessions, same
+from callguard.web.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, FailureLimiter, Session, same
 from callguard.web.auth import new_token as _new_token
+from callguard.web.deps import PagesDeps
 from callguard.web.layout import esc, flashes, hidden_csrf, html, page, see_other
 
 log = structlog.get_logger("callguard.web.pages")
 
 Guarded = Callable[[web.Request, Session], Awaitable[web.StreamResponse]]
-
-
-@dataclass
-class PagesDeps:
-    """What the pages need, passed in explicitly (no service locator): the config, the open store, the
-    readiness data (the ``/readyz`` parts as a dict; None shows "not reported"), and the call-back figures
-    once the call-back loop offers them."""
-
-    cfg: Config
-    store: Store
-    readiness: dashboard.Readiness | None = None
-    callbacks: CallbackSource | None = None
-    clock: Callable[[], float] = time.time
-    sessions: Sessions = field(default_factory=Sessions)
 
 
 def local_path(target: str | None) -> str:
