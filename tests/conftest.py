@@ -21,6 +21,18 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+# Tests are laid out by layer (issue 13); each folder's tests carry its marker, so `pytest -m unit` runs the
+# pure layer alone and `-m "not live and not browser"` skips what needs a real Asterisk or Chromium.
+LAYERS = ("unit", "store", "loopback", "service", "browser", "live")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = Path(str(item.fspath)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
+
+
 @pytest.fixture(autouse=True)
 def _reset_structlog() -> Iterator[None]:
     """``cli.main()`` points structlog at the captured stderr, which pytest closes after the test."""

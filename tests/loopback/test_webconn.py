@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 from callguard import metrics
 from callguard.config import Config
 from callguard.web.connections import REFUSAL
-from tests.test_web import make_cfg, running
+from tests.loopback.test_web import make_cfg, running
 
 MARGIN = 5.0  # a loaded 2-core box: timers fire late, never early
 GET = b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n"

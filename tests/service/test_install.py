@@ -16,7 +16,7 @@ from callguard.config import AgiConfig, ServiceConfig, load_config
 from callguard.errors import EXIT_CONFIG, EXIT_STALLED, NO_RESTART
 from callguard.sdnotify import PINGS_PER_PERIOD
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 UNIT = ROOT / "scripts" / "callguard.service"
 INSTALL = ROOT / "scripts" / "install.sh"
 SHIPPED_EXEC = "/opt/callguard/venv/bin/callguard"

@@ -13,7 +13,7 @@ import pytest
 from callguard.config import load_config
 from callguard.screening.rules import Verdict
 
-DIALPLAN = Path(__file__).parent.parent / "dialplan"
+DIALPLAN = Path(__file__).parents[2] / "dialplan"
 
 
 def test_asterisklint_accepts_the_include(tmp_path: Path) -> None:

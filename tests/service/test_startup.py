@@ -18,7 +18,7 @@ import pytest
 from callguard.errors import EXIT_CANTCREAT, EXIT_DATAERR, EXIT_UNAVAILABLE, NO_RESTART
 from callguard.store.migrations import LATEST
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 TIMEOUT = 60  # a busy 2-core CI host: the child imports everything before it fails
 
 

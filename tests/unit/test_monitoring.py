@@ -14,7 +14,7 @@ import pytest
 
 from callguard import metrics
 
-MONITORING = Path(__file__).parent.parent / "scripts" / "monitoring"
+MONITORING = Path(__file__).parents[2] / "scripts" / "monitoring"
 ALERTS = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 PROMTOOL = shutil.which("promtool")

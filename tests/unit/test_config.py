@@ -23,7 +23,7 @@ from callguard.config import (
 )
 from callguard.errors import EXIT_CONFIG, ConfigError
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 
 
 def _write(tmp_path: Path, text: str) -> Path:

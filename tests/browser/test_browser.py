@@ -30,7 +30,7 @@ from callguard.web.layout import duration, pct
 from callguard.web.pages import PagesDeps, setup_pages
 from tests.support.seed import DID_A, DID_B, SPAMMER, seed
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
+ARTIFACTS = Path(__file__).parents[1] / "artifacts"
 CHROMIUM = next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
 DRIVER = shutil.which("chromedriver")
 PASSWORD = "correct horse battery"

@@ -233,8 +233,8 @@ async def test_kill_9_then_restart_delivers_exactly_once(cfg: Config, tmp_path: 
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, str(cfg.source), str(sink_file),
         "deliver" if stage == "delivered" else "stop",
-        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parent.parent,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+        stdout=asyncio.subprocess.PIPE, cwd=Path(__file__).parents[2],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[2])},
     )
     assert proc.stdout is not None
     async with asyncio.timeout(20):

@@ -22,7 +22,7 @@ from callguard.errors import EXIT_STALLED
 from tests.fakes.asterisk_agi import header_with, load
 from tests.support.supervisor import Supervisor
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 STALL_CALLER = "+15557770000"
 HEADER = header_with(load("s02_clean_answered"), agi_callerid=STALL_CALLER) + b"\n"
 CLEAN_HEADER = load("s02_clean_answered").header + b"\n"

@@ -36,8 +36,8 @@ from callguard.screening.screener import ScreenService
 from callguard.store import Store
 from tests.fakes.asterisk_ami import FakeAsterisk, Script
 
-ROOT = Path(__file__).parent.parent
-TRACES = Path(__file__).parent / "fixtures" / "traces"
+ROOT = Path(__file__).parents[2]
+TRACES = Path(__file__).parents[1] / "fixtures" / "traces"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
 
 

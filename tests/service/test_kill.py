@@ -36,7 +36,7 @@ from tests.fakes.asterisk_ami import (
     recorded_astdb,
     relabel,
 )
-from tests.test_resync import LIDS
+from tests.loopback.test_resync import LIDS
 
 KILLS = int(os.environ.get("CALLGUARD_TEST_KILLS", "12"))
 SCENARIO = "s04_caller_abandon"

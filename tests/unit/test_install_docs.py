@@ -10,7 +10,7 @@ from pathlib import Path
 from callguard import errors, metrics
 from callguard.config import META_FIELDS, Config
 
-ROOT = Path(__file__).parent.parent
+ROOT = Path(__file__).parents[2]
 DOC = (ROOT / "docs" / "admin.md").read_text(encoding="utf-8")
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
 EVENT = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)+$")
