@@ -22,6 +22,7 @@ from typing import Any, Literal, Protocol
 
 from callguard.config import parse_duration
 from callguard.store.db import Database
+from callguard.store.outbox import Outbox
 
 GroupBy = Literal["day", "did", "reason"]
 
@@ -287,21 +288,12 @@ class Stats:
             return [Blocked(str(c), int(n), str(note), str(name)) for c, n, note, name in await cur.fetchall()]
 
     async def outbox_state(self, now: float | None = None) -> OutboxState:
-        """Through the (state, next_at) index: delivered rows pile up and are never scanned."""
+        """The outbox gauges' own query (``Outbox.depth``), as the report shows it."""
         now = time.time() if now is None else now
-        pending, dead, oldest = 0, 0, None
-        async with self.db.reader.execute(
-            "SELECT state, COUNT(*), MIN(created_at) FROM outbox WHERE state IN ('pending', 'sending', 'dead') "
-            "GROUP BY state"
-        ) as cur:
-            for state, n, first in await cur.fetchall():
-                if state == "dead":
-                    dead += int(n)
-                else:
-                    pending += int(n)
-                    oldest = first if oldest is None else min(oldest, first)
-        age = round(max(0.0, now - float(oldest)), 1) if oldest is not None else None
-        return OutboxState(pending, dead, age)
+        depth = await Outbox(self.db).depth()
+        oldest = depth.oldest_created
+        age = round(max(0.0, now - oldest), 1) if oldest is not None else None
+        return OutboxState(depth.pending, depth.dead, age)
 
     async def _missed_by_did(self, window: tuple[float, float]) -> dict[str, int]:
         async with self.db.reader.execute(
