@@ -21,7 +21,6 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
 from typing import Any, Protocol
 
 import structlog
@@ -31,29 +30,26 @@ from callguard.ami.wire import Frame
 from callguard.callbacks.actions import CallbackCrm, Executor, Subject, crm_actions
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector, CallbackAttempt
+from callguard.callbacks.driver_io import CrmWorker, StoreIntake, _Meta
 from callguard.callbacks.loop import (
     Action,
     Attempt,
     Callback,
     CrmChanged,
-    CrmDone,
-    CrmFailed,
     GotThrough,
-    LeadOpened,
     Step,
 )
 from callguard.callbacks.presence import Presence
 from callguard.callbacks.settings import CallbackConfig, Roster
 from callguard.errors import CallguardError
 from callguard.phone import Kind, normalise
-from callguard.store.callbacks import CallbackRecord, Callbacks, DeliveredLead
+from callguard.store.callbacks import CallbackRecord, Callbacks
 
 log = structlog.get_logger("callguard.callbacks")
 
 TICK_LIMIT = 200  # call-backs stepped per timer pass; the rest stay due for the next (the loop stays free)
 POLL_S = 1.0  # how often the store is asked for delivered leads and answered calls
 LEAD_HORIZON_S = 86_400.0  # at start, leads delivered this long ago still get a call-back
-SLACK_S = 5.0  # the intake cursor looks back this far: rows committed with a slightly older stamp
 STOP_BOUND = 10.0
 
 
@@ -63,17 +59,12 @@ class AmiLink(Protocol):
     async def send_action(self, action: dict[str, str]) -> Any: ...
 
 
-@dataclass(slots=True)
-class _Meta:
-    did: str = ""
-    lead_ref: str = ""
-    opened_at: float = 0.0
 
 
 Owner = Callable[[str], Awaitable[str | None]]  # E.164 → the contact's responsible (manager name)
 
 
-class CallbackDriver:
+class CallbackDriver(CrmWorker, StoreIntake):
     name = "callbacks"
 
     def __init__(
@@ -277,34 +268,6 @@ class CallbackDriver:
         m = self._meta.get(key) or _Meta()
         return Subject(key, customer, m.did, m.lead_ref)
 
-    # --- the CRM worker ------------------------------------------------------------------------------
-
-    async def _crm_worker(self) -> None:
-        while True:
-            await self._crm_ready.wait()
-            self._crm_ready.clear()
-            while self._crm_jobs:
-                key, epoch, actions = self._crm_jobs.popleft()
-                await self._crm_job(key, epoch, actions)
-
-    async def _crm_job(self, key: str, epoch: int, actions: tuple[Action, ...]) -> None:
-        cb = self.book.get(key)
-        if cb is None or cb.epoch != epoch:
-            self._pending.get(key, {}).pop(epoch, None)
-            return  # closed or moved on since: the step is stale
-        try:
-            await self.executor.run_crm(self._subject(key, cb.customer), actions, self.clock())
-            event: CrmDone | CrmFailed = CrmDone(self.clock(), epoch)
-        except CallguardError as e:  # CrmError and kin: the loop retries the same step later
-            metrics.CALLBACK_CRM_FAILURES.inc()
-            log.warning("callback_crm_failed", key=key, linkedid=key, caller=cb.customer, manager=cb.manager,
-                        epoch=epoch, error=str(e))
-            event = CrmFailed(self.clock(), epoch)
-        self._pending.get(key, {}).pop(epoch, None)
-        cb = self.book.get(key)
-        if cb is not None:
-            self._push([self.book.apply(cb, event)])
-
     # --- the timer: due call-backs, the store's new input, the AMI link ----------------------------
 
     async def _timer(self) -> None:
@@ -328,49 +291,6 @@ class CallbackDriver:
 
     def wake(self) -> None:
         self._wake.set()
-
-    async def pump(self, now: float) -> None:
-        """One pass of everything the tasks do, in order, to quiescence (tests and the simulator's clock)."""
-        self._push(self.book.tick(now))
-        await self.intake(now)
-        self._sweep_sla(now)
-        while self._dirty or self._taken or self._crm_jobs:
-            await self.flush()
-            while self._crm_jobs:
-                await self._crm_job(*self._crm_jobs.popleft())
-
-    async def intake(self, now: float) -> None:
-        for lead in await self.rows.delivered_leads(self._lead_cursor - SLACK_S):
-            if lead.linkedid in self._in_flight:
-                continue  # taken by the last pass; the writer has not committed it yet
-            self._in_flight.add(lead.linkedid)
-            await self._take_lead(lead, now)
-            self._lead_cursor = max(self._lead_cursor, lead.updated_at)
-        for _linkedid, caller, answered_at, ended_at in await self.rows.answered_since(self._call_cursor - SLACK_S):
-            if caller.startswith("+"):
-                self._got_through(caller, answered_at)
-            self._call_cursor = max(self._call_cursor, ended_at)
-
-    async def _take_lead(self, lead: DeliveredLead, now: float) -> None:
-        caller = str(lead.payload.get("caller", ""))
-        if not caller.startswith("+"):
-            self._taken.append((lead.linkedid, ""))  # anonymous or invalid: nobody to call back
-            self._write_ready.set()
-            return
-        open_cbs = self.book.for_customer(caller)
-        if open_cbs:
-            cb = open_cbs[0]
-            self._push([self.book.open(cb.key, caller, now, repeat=True)])
-            self._taken.append((lead.linkedid, cb.key))
-            return
-        owner = await self.owner_of(caller) if self.owner_of is not None else None
-        missed_at = float(lead.payload.get("ended_at") or now)
-        cb = Callback(lead.linkedid, caller, missed_at, responsible=owner or "")
-        meta = _Meta(str(lead.payload.get("did", "")), lead.crm_ref, now)
-        self._push([self.book.apply(cb, LeadOpened(now))], meta)
-        self._taken.append((lead.linkedid, lead.linkedid))
-        log.info("callback_opened", key=cb.key, linkedid=cb.key, caller=caller, did=meta.did, lead=lead.crm_ref,
-                 responsible=owner or "", misses=lead.payload.get("misses", 1))
 
     def _sweep_sla(self, now: float) -> None:
         for cb in self.book.values():

@@ -1,0 +1,111 @@
+"""Two parts of the call-back driver (callbacks/driver.py), apart so each module stays small: the CRM
+worker that carries out the loop's CRM steps one at a time, and the intake of delivered leads and answered
+calls from the store. Mixins of ``CallbackDriver``: they use its state and nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+
+from callguard import metrics
+from callguard.callbacks.loop import (
+    Action,
+    Callback,
+    CrmDone,
+    CrmFailed,
+    LeadOpened,
+)
+from callguard.errors import CallguardError
+from callguard.store.callbacks import DeliveredLead
+
+log = structlog.get_logger("callguard.callbacks")
+
+SLACK_S = 5.0  # the intake cursor looks back this far: rows committed with a slightly older stamp
+
+
+@dataclass(slots=True)
+class _Meta:
+    did: str = ""
+    lead_ref: str = ""
+    opened_at: float = 0.0
+
+
+class CrmWorker:
+    """Carries out the loop's CRM steps in order, answering it with ``CrmDone``/``CrmFailed`` (same epoch)."""
+
+    async def _crm_worker(self) -> None:
+        while True:
+            await self._crm_ready.wait()
+            self._crm_ready.clear()
+            while self._crm_jobs:
+                key, epoch, actions = self._crm_jobs.popleft()
+                await self._crm_job(key, epoch, actions)
+
+    async def _crm_job(self, key: str, epoch: int, actions: tuple[Action, ...]) -> None:
+        cb = self.book.get(key)
+        if cb is None or cb.epoch != epoch:
+            self._pending.get(key, {}).pop(epoch, None)
+            return  # closed or moved on since: the step is stale
+        try:
+            await self.executor.run_crm(self._subject(key, cb.customer), actions, self.clock())
+            event: CrmDone | CrmFailed = CrmDone(self.clock(), epoch)
+        except CallguardError as e:  # CrmError and kin: the loop retries the same step later
+            metrics.CALLBACK_CRM_FAILURES.inc()
+            log.warning("callback_crm_failed", key=key, linkedid=key, caller=cb.customer, manager=cb.manager,
+                        epoch=epoch, error=str(e))
+            event = CrmFailed(self.clock(), epoch)
+        self._pending.get(key, {}).pop(epoch, None)
+        cb = self.book.get(key)
+        if cb is not None:
+            self._push([self.book.apply(cb, event)])
+
+
+
+class StoreIntake:
+    """Takes in what the store gained since the last look: delivered leads (new or repeat misses) and
+    answered calls (a customer who got through)."""
+
+    async def pump(self, now: float) -> None:
+        """One pass of everything the tasks do, in order, to quiescence (tests and the simulator's clock)."""
+        self._push(self.book.tick(now))
+        await self.intake(now)
+        self._sweep_sla(now)
+        while self._dirty or self._taken or self._crm_jobs:
+            await self.flush()
+            while self._crm_jobs:
+                await self._crm_job(*self._crm_jobs.popleft())
+
+    async def intake(self, now: float) -> None:
+        for lead in await self.rows.delivered_leads(self._lead_cursor - SLACK_S):
+            if lead.linkedid in self._in_flight:
+                continue  # taken by the last pass; the writer has not committed it yet
+            self._in_flight.add(lead.linkedid)
+            await self._take_lead(lead, now)
+            self._lead_cursor = max(self._lead_cursor, lead.updated_at)
+        for _linkedid, caller, answered_at, ended_at in await self.rows.answered_since(self._call_cursor - SLACK_S):
+            if caller.startswith("+"):
+                self._got_through(caller, answered_at)
+            self._call_cursor = max(self._call_cursor, ended_at)
+
+    async def _take_lead(self, lead: DeliveredLead, now: float) -> None:
+        caller = str(lead.payload.get("caller", ""))
+        if not caller.startswith("+"):
+            self._taken.append((lead.linkedid, ""))  # anonymous or invalid: nobody to call back
+            self._write_ready.set()
+            return
+        open_cbs = self.book.for_customer(caller)
+        if open_cbs:
+            cb = open_cbs[0]
+            self._push([self.book.open(cb.key, caller, now, repeat=True)])
+            self._taken.append((lead.linkedid, cb.key))
+            return
+        owner = await self.owner_of(caller) if self.owner_of is not None else None
+        missed_at = float(lead.payload.get("ended_at") or now)
+        cb = Callback(lead.linkedid, caller, missed_at, responsible=owner or "")
+        meta = _Meta(str(lead.payload.get("did", "")), lead.crm_ref, now)
+        self._push([self.book.apply(cb, LeadOpened(now))], meta)
+        self._taken.append((lead.linkedid, lead.linkedid))
+        log.info("callback_opened", key=cb.key, linkedid=cb.key, caller=caller, did=meta.did, lead=lead.crm_ref,
+                 responsible=owner or "", misses=lead.payload.get("misses", 1))
+
