@@ -107,42 +107,24 @@ def next_open(schedule: Schedule, now: float, horizon_days: int = 14) -> float |
 
 
 def _manager(cfg: ManagerConfig, key: str) -> Manager:
-    if not cfg.name:
-        raise ConfigError("every manager needs a name", f"{key}.name")
-    if not cfg.devices:
-        raise ConfigError("list the manager's queue interface(s) or phone(s)", f"{key}.devices")
+    """One roster entry from its checked config (``config.load.validate_callback``)."""
     hours = HoursConfig(enabled=True, timezone=cfg.timezone, days=cfg.days, holidays=cfg.holidays)
-    try:
-        schedule = parse_schedule(hours)
-    except ConfigError as e:
-        raise ConfigError(str(e).removeprefix(f"{e.key}: "), f"{key}.{(e.key or 'days').removeprefix('hours.')}") from e
-    except (KeyError, ValueError) as e:  # ZoneInfo: unknown zone
-        raise ConfigError(f"unknown time zone {cfg.timezone!r}", f"{key}.timezone") from e
     exts = cfg.extensions or [x for x in map(_extension_of, cfg.devices) if x]
-    return Manager(cfg.name, cfg.crm_user_id, frozenset(cfg.devices), frozenset(exts), schedule)
+    return Manager(cfg.name, cfg.crm_user_id, frozenset(cfg.devices), frozenset(exts), parse_schedule(hours))
 
 
 def parse_roster(cfg: CallbackConfig) -> Roster:
-    """Check ``[callback]`` (config's own check, as at load) and build the roster; raise ``ConfigError``
-    naming the bad key."""
+    """Check ``[callback]`` (config's own check, the one run at load) and build the roster; raise
+    ``ConfigError`` naming the bad key."""
     validate_callback(cfg)
-    if cfg.pause <= 0 or cfg.crm_retry <= 0:
-        raise ConfigError("callback.pause and callback.crm_retry must be positive", "callback")
-    if cfg.max_handoffs < 0:
-        raise ConfigError("cannot be negative", "callback.max_handoffs")
     managers, by_device, by_ext = [], {}, {}
     for i, mc in enumerate(cfg.managers):
-        key = f"callback.managers[{i}]"
-        m = _manager(mc, key)
-        if m.name in (x.name for x in managers):
-            raise ConfigError(f"duplicate manager name {m.name!r}", f"{key}.name")
-        for table, values, what in ((by_device, m.devices, "devices"), (by_ext, m.extensions, "extensions")):
-            for v in values:
-                if table.setdefault(v, m.name) != m.name:
-                    raise ConfigError(f"{v!r} belongs to {table[v]!r} too", f"{key}.{what}")
+        m = _manager(mc, f"callback.managers[{i}]")
+        by_device.update(dict.fromkeys(m.devices, m.name))
+        for ext in m.extensions:  # derived from the devices when not given: checked here, once known
+            if by_ext.setdefault(ext, m.name) != m.name:
+                raise ConfigError(f"{ext!r} belongs to {by_ext[ext]!r} too", f"callback.managers[{i}].extensions")
         managers.append(m)
-    if cfg.enabled and not managers:
-        raise ConfigError("callback.enabled needs at least one [[callback.managers]]", "callback.managers")
     return Roster(tuple(managers), cfg.head, frozenset(cfg.queues), by_device, by_ext)
 
 

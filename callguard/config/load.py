@@ -43,6 +43,10 @@ def validate_callback(cb: CallbackConfig) -> None:
     callbacks/settings.parse_roster calls this, then builds the runtime roster from the checked values."""
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+    if cb.pause <= 0 or cb.crm_retry <= 0:  # a config built in code skips the loader's ranges
+        raise ConfigError("callback.pause and callback.crm_retry must be positive", "callback")
+    if cb.max_handoffs < 0:
+        raise ConfigError("cannot be negative", "callback.max_handoffs")
     names: set[str] = set()
     owner: dict[str, str] = {}
     for i, m in enumerate(cb.managers):
