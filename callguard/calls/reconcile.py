@@ -134,17 +134,24 @@ def merge(records: Iterable[CallRecord]) -> dict[str, CallRecord]:
 def plan(
     records: Iterable[CallRecord], settled: Container[str], open_: Container[str], *, rules: Rules | None = None,
     screens: Mapping[str, ScreenRecord] | None = None, since: float = 0.0, rejected: Iterable[Rejected] = (),
+    lost: Container[str] = (),
 ) -> Plan:
     """What to do with every call in ``records`` that ended at or after ``since``, oldest first.
-    ``settled``/``open_``: Linkedids callguard recorded / still tracks; ``screens``: by caller Uniqueid."""
+    ``settled``/``open_``: Linkedids callguard recorded / still tracks; ``lost``: recorded as lost (its
+    events had a hole): created again only when the record says more than "lost"; ``screens``: by caller
+    Uniqueid."""
     rules = rules or Rules()
     screens = screens or {}
     decisions = []
     for lid, rec in sorted(merge(records).items(), key=lambda kv: (kv[1].ended_at, kv[0])):
         if rec.ended_at < since:
             continue
-        action = Action.RECORDED if lid in settled else Action.IN_PROGRESS if lid in open_ else Action.CREATE
-        decisions.append(Decision(outcome_of(rec, rules, screens.get(rec.uniqueid)), action))
+        outcome = outcome_of(rec, rules, screens.get(rec.uniqueid))
+        if lid in settled or (lid in lost and outcome.outcome is Outcome.LOST):
+            action = Action.RECORDED
+        else:
+            action = Action.IN_PROGRESS if lid in open_ else Action.CREATE
+        decisions.append(Decision(outcome, action))
     return Plan(decisions, list(rejected))
 
 

@@ -8,7 +8,9 @@ After every (re)connect ``resync`` (AmiClient.on_connected) re-attaches the call
 (CoreShowChannels) and rebuilds from Asterisk's records (resync.py) the calls that ended since the mark
 (``sync_state`` row ``asterisk-records``: every call that ended before it is in the store). A ``lost``
 outcome (events missing) is never dropped: it waits in ``_recheck`` until its record says what happened
-(DBGet), or, with no record, is written as lost. Every write is keyed by Linkedid (INSERT OR IGNORE), so
+(DBGet), or, with no record, is written as lost; a lost row is looked up again after every resync and
+every ``LATE_RECHECK`` s for a day (its record may come late, or sit an hour off), and a record found
+then replaces it (``Calls.record``) with its lead. Every write is keyed by Linkedid (INSERT OR IGNORE), so
 the tracker and a reconcile racing for one call give one row and at most one lead.
 """
 
@@ -40,6 +42,9 @@ SWEEP_MAX = 30.0
 MARK = "asterisk-records"  # sync_state row; last_sync_at = every call that ended before it is recorded
 MARGIN = 120.0  # seconds re-read before the mark (a hang-up handler still writing, clocks apart)
 FIRST_WINDOW = 3600.0  # no mark yet (first start): rebuild the last hour
+LATE_RECHECK = 600.0  # seconds between looks at the lost rows of the last LOST_LOOKBACK s
+LOST_LOOKBACK = 86400.0
+LOST_SPREAD = 3600.0  # a stored lost call's record is looked for in its hour's bucket and both neighbours
 STOP_BOUND = 10.0  # seconds to persist queued outcomes on SIGTERM (systemd's stop bound is larger)
 
 
@@ -193,11 +198,15 @@ class CallFlow:
 
     async def _sweeper(self) -> None:
         interval = min(SWEEP_MAX, max(0.05, self.tracker.stale_after / 4))
+        last_look = self.mono()
         while True:
             await asyncio.sleep(interval)
             for outcome in self.tracker.expire(self.mono(), self.clock()):
                 self.accept(outcome)
             await self._advance_mark()
+            if self._request is not None and self.mono() - last_look >= LATE_RECHECK:
+                last_look = self.mono()
+                await self.recheck_stored_lost(self._request)
 
     # --- after a gap: re-attach, reconcile, re-check ------------------------------------------------
 
@@ -223,6 +232,25 @@ class CallFlow:
         self._request = request
         self._recheck_ready.set()
         await self._advance_mark(started)
+        await self.recheck_stored_lost(request)
+
+    async def recheck_stored_lost(self, request: resync.Request) -> int:
+        """Look again for the records of the calls stored as lost in the last day; the number explained."""
+        if self.store is None:
+            return 0
+        found: list[CallRecord] = []
+        try:
+            for row in await self.store.calls.lost_since(self.clock() - LOST_LOOKBACK):
+                rec = await resync.read_record(request, row.linkedid, row.ended_at, spread=LOST_SPREAD)
+                if isinstance(rec, CallRecord):
+                    found.append(rec)
+        except (AmiError, TimeoutError) as e:
+            log.warning("call_lost_recheck_failed", error=str(e) or type(e).__name__)
+        if not found:
+            return 0
+        made = await self.reconcile(found, [], 0.0)
+        log.info("calls_lost_explained", records=len(found), created=made)
+        return made
 
     async def reconcile(self, records: list[CallRecord], rejected: list[Rejected], since: float) -> int:
         """Write every call the records hold and the store lacks (missed ones with their lead, marked
@@ -231,9 +259,12 @@ class CallFlow:
         for bad in rejected:
             metrics.CALL_RECORDS_REJECTED.inc()
             log.warning("call_record_rejected", key=bad.key, why=bad.why)
-        queued = {o.linkedid for o, _ in self._pending}  # the writer has them: never a second row
-        settled = queued | await self.store.calls.recorded(sorted({r.linkedid for r in records}))
-        result = plan(records, settled, self.tracker.open_ids(), rules=self._rules, since=since)
+        # the writer has them: never a second row (a queued lost one is no better than a stored lost one)
+        queued = {o.linkedid for o, _ in self._pending if o.outcome is not Outcome.LOST}
+        lost = {o.linkedid for o, _ in self._pending if o.outcome is Outcome.LOST}
+        have = await self.store.calls.recorded(sorted({r.linkedid for r in records}))
+        result = plan(records, queued | have.settled, self.tracker.open_ids(), rules=self._rules, since=since,
+                      lost=(lost | have.lost) - queued)
         made = 0
         for decision in result.decisions:
             o = decision.outcome
@@ -252,24 +283,28 @@ class CallFlow:
         while True:
             await self._recheck_ready.wait()
             self._recheck_ready.clear()
-            if self._request is None:
-                continue  # link down: the next resync reads the records (and set()s us again)
-            for lid, lost in list(self._recheck.items()):
-                try:
-                    rec = await resync.read_record(self._request, lid, lost.ended_at)
-                except (AmiError, TimeoutError) as e:
-                    log.warning("call_recheck_failed", linkedid=lid, error=str(e))
-                    break  # the next resync retries
-                if self._recheck.pop(lid, None) is None:
-                    continue  # a reconcile settled it meanwhile
-                if isinstance(rec, CallRecord):
-                    await self.reconcile([rec], [], 0.0)
-                else:
-                    if isinstance(rec, Rejected):
-                        log.warning("call_record_rejected", key=rec.key, why=rec.why)
-                    log.warning("call_lost_no_record", linkedid=lid, caller=lost.caller, did=lost.did,
-                                reason=lost.reason)
-                    await self._persist((lost, False))
+            await self.recheck_pending()
+
+    async def recheck_pending(self) -> None:
+        """Each lost outcome waiting: its record decides (a reconcile), or, with none, it is written lost."""
+        if self._request is None:
+            return  # link down: the next resync reads the records (and wakes the rechecker again)
+        for lid, lost in list(self._recheck.items()):
+            try:
+                rec = await resync.read_record(self._request, lid, lost.ended_at)
+            except (AmiError, TimeoutError) as e:
+                log.warning("call_recheck_failed", linkedid=lid, error=str(e))
+                return  # the next resync retries
+            if self._recheck.pop(lid, None) is None:
+                continue  # a reconcile settled it meanwhile
+            if isinstance(rec, CallRecord):
+                await self.reconcile([rec], [], 0.0)
+            else:
+                if isinstance(rec, Rejected):
+                    log.warning("call_record_rejected", key=rec.key, why=rec.why)
+                log.warning("call_lost_no_record", linkedid=lid, caller=lost.caller, did=lost.did,
+                            reason=lost.reason)
+                await self._persist((lost, False))
 
     async def _mark_value(self, now: float) -> float:
         assert self.store is not None

@@ -49,10 +49,13 @@ async def read_records(request: Request, since: float, now: float) -> tuple[list
     return records, rejected
 
 
-async def read_record(request: Request, linkedid: str, ended_near: float) -> CallRecord | Rejected | None:
-    """The record of one call that ended about ``ended_near`` (its bucket, and the neighbour near an hour)."""
+async def read_record(
+    request: Request, linkedid: str, ended_near: float, spread: float = BOUNDARY_S,
+) -> CallRecord | Rejected | None:
+    """The record of one call that ended about ``ended_near`` (its bucket, and the neighbour when the end
+    is within ``spread`` seconds of an hour: clocks apart, a hang-up handler that ran late)."""
     buckets = [bucket_of(ended_near)]
-    for shift in (-BOUNDARY_S, BOUNDARY_S):
+    for shift in (-spread, spread):
         if bucket_of(ended_near + shift) not in buckets:
             buckets.append(bucket_of(ended_near + shift))
     for bucket in buckets:

@@ -82,9 +82,9 @@ async def run(cfg: Config, since: float, *, dry_run: bool, as_json: bool) -> int
     records, rejected, up = await fetch(cfg, since, now)
     store = await open_store(cfg, readonly=dry_run)
     try:
-        settled = await store.calls.recorded(sorted({r.linkedid for r in records}))
+        have = await store.calls.recorded(sorted({r.linkedid for r in records}))
         rules = Rules(float(cfg.missed.min_ring_seconds), cfg.phone.default_region, cfg.phone.max_extension_digits)
-        result = plan(records, settled, up, rules=rules, since=since, rejected=rejected)
+        result = plan(records, have.settled, up, rules=rules, since=since, rejected=rejected, lost=have.lost)
         created = 0 if dry_run else await create(store, result)
     finally:
         await store.close()

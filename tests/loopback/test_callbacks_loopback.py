@@ -30,9 +30,11 @@ async def test_s18_over_loopback_closes_the_open_call_back() -> None:
         d = CallbackDriver(cb_cfg, parse_roster(cb_cfg), Callbacks(store.db), crm, rng=random.Random(1), poll_s=0.05)
         d.on_event(member("Agent101", "Local/101@agents"), now)
         await d.start()
-        while not crm.calls:  # the lead taken in and assigned (the timer's intake)
-            d.saved.clear()
-            await d.saved.wait()
+        async with asyncio.timeout(10):
+            while not crm.calls:  # the lead taken in and assigned (the timer's intake)
+                d.saved.clear()
+                if not crm.calls:
+                    await d.saved.wait()
         seen: list[str] = []
         cfg = loopback_cfg(Config(), fake.port)
         client = AmiClient(cfg.ami, fan_out(lambda f, t: seen.append(f.get("Event", "")), d.on_event))
@@ -40,8 +42,10 @@ async def test_s18_over_loopback_closes_the_open_call_back() -> None:
         await client.start()
         rows = Callbacks(store.db)
         async with asyncio.timeout(10):
-            while (rec := await rows.get(LINKEDID)) is None or rec.state != "reached":
+            while True:  # cleared before the look, so a save between the look and the wait is not missed
                 d.saved.clear()
+                if (rec := await rows.get(LINKEDID)) is not None and rec.state == "reached":
+                    break
                 await d.saved.wait()
         assert "DialBegin" in seen and rec.row["by"] == "Ivan"
         assert rec.row["first_attempt_at"] is not None
