@@ -19,6 +19,7 @@ from callguard import metrics, sdnotify, watchdog
 from callguard.agi.server import AgiServer
 from callguard.ami.client import AmiClient
 from callguard.callbacks.driver import CallbackDriver
+from callguard.callbacks.notify import Notices
 from callguard.callbacks.wiring import ClientLink, build_callbacks, fan_out
 from callguard.calls.recorder import CallFlow
 from callguard.calls.tracker import CallTracker
@@ -54,6 +55,7 @@ class Parts:
     agi: AgiServer
     outbox: OutboxWorker
     calls: CallFlow | None = None
+    notices: Notices | None = None
     callbacks: CallbackDriver | None = None
     ami: AmiClient | None = None
     sync: SyncService | None = None
@@ -62,9 +64,10 @@ class Parts:
     def ordered(self) -> list[Part]:
         # outbox → calls → ami: stop (reverse) ends intake first, then persists the tracker's outcomes,
         # then stops delivery; sync before web (webhooks hand it contact ids); web last (it reports on all).
-        # callbacks after calls, before ami: the AMI feed stops first, then the loop persists its steps.
-        candidates: list[Part | None] = [self.screener, self.agi, self.outbox, self.calls, self.callbacks,
-                                         self.ami, self.sync, self.web]
+        # callbacks after calls, before ami: the AMI feed stops first, then the loop persists its steps;
+        # its notices before it, so they are sent until the loop has stopped.
+        candidates: list[Part | None] = [self.screener, self.agi, self.outbox, self.calls, self.notices,
+                                         self.callbacks, self.ami, self.sync, self.web]
         return [p for p in candidates if p is not None]
 
 
@@ -77,7 +80,7 @@ def build_parts(cfg: Config, store: Store) -> Parts:
         screener.subscribe(parts.calls.on_screen)  # FastAGI verdicts tie to calls by agi_uniqueid
         on_event = parts.calls.on_event
         if cfg.callback.enabled:  # the call-back loop rides the same feed, after the call flow
-            parts.callbacks = build_callbacks(cfg, store)
+            parts.callbacks, parts.notices = build_callbacks(cfg, store)
             on_event = fan_out(parts.calls.on_event, parts.callbacks.on_event)
         # after every login: re-attach calls in progress, rebuild those that ended in the gap (issue 15)
         parts.ami = AmiClient(cfg.ami, on_event, parts.calls.on_link_lost, parts.calls.resync)

@@ -87,6 +87,10 @@ CALLBACK_ESCALATIONS = Counter(
 CALLBACK_STEPS = Counter(
     "callguard_callbacks_steps", "Call-back transitions persisted, by new state", ["state"], registry=REGISTRY
 )
+CALLBACK_NOTICES = Counter(
+    "callguard_callbacks_notices", "Call-back notices POSTed to callback.notify.url, by result (sent, dropped)",
+    ["result"], registry=REGISTRY,
+)
 CALLBACK_CRM_FAILURES = Counter(
     "callguard_callbacks_crm_failures", "CRM steps of the call-back loop that failed (retried later)",
     registry=REGISTRY,

@@ -9,7 +9,7 @@ starts now" or "the same step again after ``callback.crm_retry``" (never a secon
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -61,11 +61,15 @@ def crm_actions(actions: Sequence[Action]) -> tuple[Action, ...]:
     return tuple(a for a in actions if a.kind in CRM_KINDS)
 
 
+Notify = Callable[["Subject", Action], None]  # callbacks/notify.Notices: a notice to POST (never blocks)
+
+
 class Executor:
-    def __init__(self, crm: CallbackCrm, roster: Roster, pause: float) -> None:
+    def __init__(self, crm: CallbackCrm, roster: Roster, pause: float, notices: Notify | None = None) -> None:
         self.crm = crm
         self.roster = roster
         self.pause = pause
+        self.notices = notices
 
     def user_of(self, manager: str) -> int:
         if manager == HEAD:
@@ -99,6 +103,8 @@ class Executor:
             facts = {"key": s.key, "linkedid": s.key, "caller": s.customer, "did": s.did, "manager": a.manager}
             if a.kind == "notify":
                 log.info("callback_notify", **facts, detail=a.detail, epoch=a.epoch)
+                if self.notices is not None:
+                    self.notices(s, a)
             elif a.kind == "wait":
                 log.info("callback_waiting", **facts, why=a.detail, until=a.due)
             elif a.kind == "record":

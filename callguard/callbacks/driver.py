@@ -27,7 +27,7 @@ import structlog
 
 from callguard import metrics, tasks
 from callguard.ami.wire import Frame
-from callguard.callbacks.actions import CallbackCrm, Executor, Subject, crm_actions
+from callguard.callbacks.actions import CallbackCrm, Executor, Notify, Subject, crm_actions
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector, CallbackAttempt
 from callguard.callbacks.driver_io import CrmWorker, StoreIntake, _Meta
@@ -71,7 +71,7 @@ class CallbackDriver(CrmWorker, StoreIntake):
         self, cb_cfg: CallbackConfig, roster: Roster, rows: Callbacks, crm: CallbackCrm, *,
         region: str = "RU", max_extension_digits: int = 5, owner_of: Owner | None = None,
         link: AmiLink | None = None, clock: Callable[[], float] = time.time, rng: random.Random | None = None,
-        poll_s: float = POLL_S,
+        poll_s: float = POLL_S, notices: Notify | None = None,
     ) -> None:
         self.cfg, self.roster, self.rows, self.crm = cb_cfg, roster, rows, crm
         self.region, self.max_ext = region, max_extension_digits
@@ -80,7 +80,7 @@ class CallbackDriver(CrmWorker, StoreIntake):
         self.detector = AttemptDetector(roster, region, max_extension_digits)
         self.book = CallbackBook(cb_cfg)
         self.book.bind(self.presence, rng or random.Random())
-        self.executor = Executor(crm, roster, float(cb_cfg.pause))
+        self.executor = Executor(crm, roster, float(cb_cfg.pause), notices)
         self._meta: dict[str, _Meta] = {}
         self._dirty: dict[str, Callback] = {}  # key → its newest state, not yet in the store
         self._after_save: list[tuple[Callback, tuple[Action, ...]]] = []

@@ -10,6 +10,7 @@ from typing import Any
 from callguard.ami.wire import Frame
 from callguard.callbacks.actions import CallbackCrm, NoCrm
 from callguard.callbacks.driver import CallbackDriver
+from callguard.callbacks.notify import Notices
 from callguard.callbacks.settings import Roster, parse_roster
 from callguard.config import Config
 from callguard.store import Store
@@ -59,13 +60,16 @@ def owner_lookup(store: Store, roster: Roster) -> Callable[[str], Any]:
     return owner_of
 
 
-def build_callbacks(cfg: Config, store: Store) -> CallbackDriver:
+def build_callbacks(cfg: Config, store: Store) -> tuple[CallbackDriver, Notices | None]:
+    """The loop, and the part that POSTs its notices when ``callback.notify.url`` is set."""
     roster = parse_roster(cfg.callback)
-    return CallbackDriver(
+    notices = Notices(cfg.callback.notify, roster) if cfg.callback.notify.url else None
+    driver = CallbackDriver(
         cfg.callback, roster, Callbacks(store.db), build_callback_crm(cfg, store),
         region=cfg.phone.default_region, max_extension_digits=cfg.phone.max_extension_digits,
-        owner_of=owner_lookup(store, roster),
+        owner_of=owner_lookup(store, roster), notices=notices,
     )
+    return driver, notices
 
 
 def fan_out(*handlers: Handler) -> Handler:

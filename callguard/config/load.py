@@ -70,8 +70,14 @@ def validate_callback(cb: CallbackConfig) -> None:
         for device in m.devices:
             if owner.setdefault(device, m.name) != m.name:
                 raise ConfigError(f"{device!r} belongs to {owner[device]!r} too", f"{key}.devices")
+    _check_notify_url(cb.notify.url)
     if cb.enabled and not cb.managers:
         raise ConfigError("callback.enabled needs at least one [[callback.managers]]", "callback.managers")
+
+
+def _check_notify_url(url: str) -> None:
+    if url and not (url.startswith(("http://", "https://")) and url.split("/", 3)[2]):
+        raise ConfigError('an http:// or https:// URL (or "" for the log line only)', "callback.notify.url")
 
 
 # --- loading --------------------------------------------------------------------------------------

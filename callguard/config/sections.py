@@ -230,6 +230,15 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    """Where the loop's notices go (callbacks/notify.py): a JSON POST per notice; "" = the log line only."""
+
+    url: str = ""
+    secret: str = ""
+    timeout: Duration = dur("10s", "1s", "2m")
+
+
+@dataclass(frozen=True)
 class CallbackConfig:
     enabled: bool = False
     pause: Duration = dur("10m", "10s", "1d")
@@ -239,6 +248,7 @@ class CallbackConfig:
     crm_retry: Duration = dur("1m", "1s", "1h")
     queues: list[str] = field(default_factory=list)
     head: HeadConfig = field(default_factory=HeadConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     managers: list[ManagerConfig] = field(default_factory=list)
 
 
@@ -274,6 +284,7 @@ ENV_SECRETS: dict[str, tuple[str, ...]] = {
     "CALLGUARD_CRM_CLIENT_SECRET": ("crm", "amocrm", "client_secret"),
     "CALLGUARD_WEB_TOKEN": ("web", "token"),
     "CALLGUARD_SINK_SECRET": ("outbox", "webhook", "secret"),
+    "CALLGUARD_NOTIFY_SECRET": ("callback", "notify", "secret"),
 }
 
 SECRET_KEYS = frozenset(".".join(path) for path in ENV_SECRETS.values()) | {"crm.amocrm.refresh_token"}
