@@ -285,3 +285,37 @@ def test_build_sink_by_config(cfg: Config) -> None:
     hooked = dataclasses.replace(cfg, outbox=dataclasses.replace(
         cfg.outbox, sink="webhook", webhook=WebhookSinkConfig(url="http://127.0.0.1:1/x")))
     assert isinstance(build_sink(hooked), WebhookSink)
+
+
+async def test_recovery_lookup_failure_asks_again_before_resending(
+    tmp_path: Path, cfg: Config, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sink took the lead, the process died, and at the restart the sink could not be asked: the
+    resend asks first, so no second copy (issue 15: a CRM has no idempotency key to absorb one)."""
+    clock = Clock()
+    await add(store, "L1", clock)
+    item = await store.outbox.get("L1")
+    assert item is not None and await store.outbox.mark_sending("L1", item.payload, clock())
+    await LogSink(tmp_path / "leads.jsonl").deliver(MissedCall.from_json(item.payload))
+    worker = OutboxWorker(cfg, store, build_sink(cfg), clock=clock)
+    assert isinstance(worker.sink, LogSink)
+    real_find = worker.sink.file.find
+
+    def down(linkedid: str) -> leadfile.Found | None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(worker.sink.file, "find", down)
+    with capture_logs() as logs:
+        await worker.recover()
+    assert [e["linkedid"] for e in logs if e["event"] == "outbox_recover_lookup_failed"] == ["L1"]
+    item = await store.outbox.get("L1")
+    assert item is not None and item.state == "pending" and item.last_error == "interrupted; sink not asked"
+    await worker.run_once()  # still down: a retried failure, nothing written
+    item = await store.outbox.get("L1")
+    assert item is not None and item.state == "pending" and "cannot read the leads file" in item.last_error
+    monkeypatch.setattr(worker.sink.file, "find", real_find)
+    clock.t = item.next_at
+    await worker.run_once()
+    item = await store.outbox.get("L1")
+    assert item is not None and item.state == "sent" and item.crm_ref == "log:L1"
+    assert len((tmp_path / "leads.jsonl").read_text().splitlines()) == 1
