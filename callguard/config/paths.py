@@ -37,7 +37,8 @@ def resolve_log_file(cfg: Config, base: Path) -> Config:
     path = log_file_of(cfg, base)
     if path.is_dir():
         raise ConfigError(f"{path} is a folder: give a file name", LOG_FILE_KEY)
-    if path.parent.exists() and not path.parent.is_dir():
+    # the default follows store.path, whose own start-up check names a bad folder (exit 73, not 78)
+    if given and path.parent.exists() and not path.parent.is_dir():
         raise ConfigError(f"{path.parent} is not a folder", LOG_FILE_KEY)
     if str(cfg.store.path) != ":memory:" and path.resolve() == Path(cfg.store.path).resolve():
         raise ConfigError("is store.path: the leads file must be a file of its own", LOG_FILE_KEY)
