@@ -15,6 +15,7 @@ from callguard.config.load import (
     redacted,
     resolve_config_path,
 )
+from callguard.config.paths import log_file_of
 from callguard.config.sections import (
     ENV_SECRETS,
     HIDDEN_KEYS,
@@ -93,6 +94,7 @@ __all__ = [
     "dur",
     "format_duration",
     "load_config",
+    "log_file_of",
     "num",
     "parse_duration",
     "parse_holidays",

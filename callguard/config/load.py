@@ -12,6 +12,7 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
+from callguard.config.paths import resolve_log_file
 from callguard.config.sections import (
     ENV_SECRETS,
     HIDDEN_KEYS,
@@ -303,7 +304,7 @@ def load_config(
     base = source.parent if source else Path.cwd()
     if not cfg.store.path.is_absolute() and str(cfg.store.path) != ":memory:":
         cfg = dataclasses.replace(cfg, store=dataclasses.replace(cfg.store, path=base / cfg.store.path))
-    cfg = dataclasses.replace(cfg, source=source, ignored=ignored)
+    cfg = resolve_log_file(dataclasses.replace(cfg, source=source, ignored=ignored), base)
     _validate(cfg)
     return cfg
 

@@ -109,6 +109,9 @@ class OutboxConfig:
     backoff_base: Duration = dur("5s", "100ms", "1h")
     backoff_cap: Duration = dur("15m", "1s", "1d")  # and at least backoff_base
     poll_interval: Duration = dur("1s", "10ms", "1m")
+    # The log sink's leads file (JSON lines, one per missed call; leads/leadfile.py). "": leads.jsonl next
+    # to store.path. A relative path is relative to the config file's folder; load makes it absolute.
+    log_file: str = ""
     webhook: WebhookSinkConfig = field(default_factory=WebhookSinkConfig)
 
 

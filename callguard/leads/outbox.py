@@ -3,8 +3,9 @@
 The item is written with its call row in one transaction (``store.calls.record``). The worker here:
 - claims a due item by setting ``sending`` BEFORE it calls the sink, so a crash (kill -9) mid-delivery
   leaves a mark; on start, items found in ``sending`` are first looked up with ``sink.find_delivered``
-  and marked sent when the sink already has them, else sent again (sinks that cannot search are built
-  so a repeat is harmless: the webhook carries an Idempotency-Key);
+  and marked sent when the sink already has them, else sent again (the log sink searches its leads file,
+  the CRM sink its markers; the webhook cannot search, so it carries an Idempotency-Key); when that
+  lookup fails (the sink is down), the item is looked up again before it is sent;
 - retries what can succeed later (5xx, 429 with Retry-After, timeouts, network) with ``backoff.delay``
   (exponential, jittered, capped), up to ``outbox.max_attempts``; what never can (4xx, ``permanent``) is a
   dead letter at once, shown by ``callguard outbox list``;
@@ -53,6 +54,9 @@ class OutboxWorker:
         self.delivered = 0
         self.failed = 0
         self._wakeup = asyncio.Event()
+        # Linkedids a crash left in 'sending' whose recovery lookup failed (the sink was down): asked
+        # again before they are sent, else a CRM that took the lead before the crash gets it twice.
+        self._unverified: set[str] = set()
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
 
@@ -120,14 +124,17 @@ class OutboxWorker:
             call = MissedCall.from_json(item.payload)
             try:
                 found = await self.sink.find_delivered(call)
-            except Exception as e:  # the sink is down: deliver() will retry it like any other failure
-                log.warning("outbox_recover_lookup_failed", linkedid=item.linkedid, error=_text(e))
+            except Exception as e:  # the sink is down: deliver() asks again first, then sends
+                log.warning("outbox_recover_lookup_failed", linkedid=item.linkedid, caller=call.caller,
+                            did=call.did, error=_text(e))
+                self._unverified.add(item.linkedid)
                 found = None
             if found is not None:
                 await self.store.outbox.mark_sent(item.linkedid, found.ref, self.clock(), self._lead_key(call, found))
                 log.info("outbox_recovered_delivered", linkedid=item.linkedid, ref=found.ref)
             else:
-                await self.store.outbox.mark_retry(item.linkedid, self.clock(), "interrupted", self.clock())
+                why = "interrupted; sink not asked" if item.linkedid in self._unverified else "interrupted"
+                await self.store.outbox.mark_retry(item.linkedid, self.clock(), why, self.clock())
                 log.info("outbox_recovered_resend", linkedid=item.linkedid, attempts=item.attempts)
 
     # --- one item ---------------------------------------------------------------------------------
@@ -139,7 +146,7 @@ class OutboxWorker:
         attempts = item.attempts + 1
         bound = log.bind(linkedid=call.linkedid, caller=call.caller, did=call.did, attempt=attempts)
         try:
-            delivery = await self.sink.deliver(call)
+            delivery = await self._deliver(call, bound)
         except asyncio.CancelledError:
             raise
         except RateLimitedError as e:
@@ -164,6 +171,16 @@ class OutboxWorker:
             metrics.OUTBOX_DELIVERIES.labels(result="sent").inc()
             bound.info("lead_delivered", sink=self.sink.name, ref=delivery.ref, repeat=delivery.repeat,
                        misses=call.misses, reason=call.reason)
+
+    async def _deliver(self, call: MissedCall, bound: structlog.typing.FilteringBoundLogger) -> Delivery:
+        """The sink's delivery, asking it first when a crash's recovery could not (``_unverified``)."""
+        if call.linkedid in self._unverified:
+            found = await self.sink.find_delivered(call)  # a failure here is retried like a delivery's
+            self._unverified.discard(call.linkedid)
+            if found is not None:
+                bound.info("outbox_recovered_delivered", ref=found.ref)
+                return found
+        return await self.sink.deliver(call)
 
     async def _with_open_lead(self, call: MissedCall) -> MissedCall:
         if call.open_lead_ref or not call.caller.startswith("+"):

@@ -1,4 +1,5 @@
-"""Lead sinks that need no CRM: ``log`` (the embedded default) and ``webhook`` (any HTTP receiver).
+"""Lead sinks that need no CRM: ``log`` (the embedded default: the leads file, leads/leadfile.py, and a
+``missed_call`` log event) and ``webhook`` (any HTTP receiver).
 
 The webhook POSTs one JSON document per missed call with an HMAC-SHA256 signature over the exact body
 (``X-Callguard-Signature: sha256=<hex>``, key = ``outbox.webhook.secret``) and the Linkedid as
@@ -10,19 +11,22 @@ mid-delivery. Any 2xx is success; 408/429/5xx and network errors are retried by 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
-from callguard.config import Config, WebhookSinkConfig
+from callguard.config import Config, WebhookSinkConfig, log_file_of
 from callguard.crm.http import classify
 from callguard.errors import CrmUnavailableError, RateLimitedError, SinkError
+from callguard.leads.leadfile import LeadFile, line_of
 from callguard.leads.model import Delivery, LeadSink, MissedCall
 
 if TYPE_CHECKING:
@@ -33,22 +37,34 @@ SIGNATURE_HEADER = "X-Callguard-Signature"
 
 
 class LogSink:
-    """A ``missed_call`` event in the structured log (journald): leads without any integration."""
+    """Leads without any integration: a line in the leads file (leads/leadfile.py: durable, searchable, so
+    exactly once across crashes) and a ``missed_call`` event in the structured log (journald's view)."""
 
     name = "log"
 
+    def __init__(self, path: Path) -> None:
+        self.file = LeadFile(path)
+
     async def deliver(self, call: MissedCall) -> Delivery:
-        # Durable before acknowledged: structlog's Bytes/WriteLogger (log.configure) write() and flush()
-        # each line before returning, so the line is out when the outbox marks the item sent. A level of
-        # warning would drop an info line and acknowledge a lead nobody saw: then it goes out as a warning.
+        delivery = Delivery(call.open_lead_ref, repeat=True) if call.open_lead_ref else Delivery(f"log:{call.linkedid}")
+        line = line_of(call, delivery.ref, delivery.repeat, time.time())
+        try:
+            await asyncio.to_thread(self.file.append, line)  # fdatasync off the loop: screens never wait on it
+        except OSError as e:
+            log.error("leads_file_write_failed", path=str(self.file.path), error=e.strerror or str(e),
+                      linkedid=call.linkedid, caller=call.caller, did=call.did)
+            raise SinkError(f"cannot write the leads file {self.file.path}: {e.strerror or e}") from e
+        # A level of warning would drop an info line: then the journald copy goes out as a warning.
         emit = log.info if log.is_enabled_for(logging.INFO) else log.warning
         emit("missed_call", **call.to_json())
-        if call.open_lead_ref:
-            return Delivery(call.open_lead_ref, repeat=True)
-        return Delivery(f"log:{call.linkedid}")
+        return delivery
 
     async def find_delivered(self, call: MissedCall) -> Delivery | None:
-        return None  # a log cannot be searched; at worst one line is written twice
+        try:
+            found = await asyncio.to_thread(self.file.find, call.linkedid)
+        except OSError as e:
+            raise SinkError(f"cannot read the leads file {self.file.path}: {e.strerror or e}") from e
+        return Delivery(found.ref, repeat=found.repeat) if found is not None else None
 
     async def close(self) -> None:
         return None
@@ -131,4 +147,4 @@ def build_sink(cfg: Config, store: Store | None = None) -> LeadSink:
 
         sink: LeadSink = build_crm_sink(cfg, store)
         return sink
-    return LogSink()
+    return LogSink(log_file_of(cfg))

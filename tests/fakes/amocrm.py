@@ -150,6 +150,7 @@ class FakeAmo(FakeServer):
         if request.path != "/oauth2/access_token" and request.headers.get("Authorization") != f"Bearer {self.token}":
             return problem(401, "Unauthorized", "Token is invalid or expired")
         response = await handler(request)
+        await self.pause_reply(f"{request.method} {request.path}")
         lost = self.take_after(f"{request.method} {request.path}")
         if lost is not None:
             return problem(lost, "Gateway Timeout", "reply lost after the change was made")

@@ -125,6 +125,7 @@ class FakeBitrix(FakeServer):
         except BadRequest as e:
             self.strict_error(f"{method}: {e}")
             return error(400, "", str(e))
+        await self.pause_reply(method)
         lost = self.take_after(method)
         if lost is not None:
             return error(lost, "INTERNAL_SERVER_ERROR", "reply lost after the change was made")

@@ -22,6 +22,7 @@ class FakeServer:
         self.calls: collections.Counter[str] = collections.Counter()
         self._inject: collections.deque[tuple[str, Any]] = collections.deque()
         self._after: list[tuple[str, int]] = []
+        self._slow: list[tuple[str, float]] = []
         self._runner: web.AppRunner | None = None
         self.port = 0
         self.app = web.Application(client_max_size=4 * 1024 * 1024)
@@ -44,6 +45,17 @@ class FakeServer:
         makes a naive retry create a duplicate."""
         for _ in range(times):
             self._after.append((match, status))
+
+    def slow_reply(self, match: str, seconds: float) -> None:
+        """From now on, requests whose key contains ``match`` are served (state changed) and answered only
+        ``seconds`` later: a wider window between the CRM's change and the client seeing it (kill tests)."""
+        self._slow.append((match, seconds))
+
+    async def pause_reply(self, key: str) -> None:
+        for match, seconds in self._slow:
+            if match in key:
+                await asyncio.sleep(seconds)
+                return
 
     def take_after(self, key: str) -> int | None:
         for i, (match, status) in enumerate(self._after):
