@@ -332,7 +332,7 @@ class FakeAmo(FakeServer):
         list_unsorted,
         patch_lead,
     )
-    from tests.fakes.amocrm_tasks import get_lead, list_tasks
+    from tests.fakes.amocrm_tasks import get_lead, lead_webhook_body, list_tasks
 
 
 async def serve(generated: int, rps: float | None = None) -> None:

@@ -57,3 +57,17 @@ async def list_tasks(self: Any, request: web.Request) -> web.StreamResponse:
         return web.Response(status=204)
     return hal({"_page": page, "_links": self._page_links(request, page, len(items) > page * limit),
                 "_embedded": {"tasks": [render_task(self, i, t) for i, t in chunk]}})
+
+
+def lead_webhook_body(self: Any, action: str, lid: int, account_id: int | None = None) -> bytes:
+    """A v2 form-encoded lead delivery (§1.8): ``leads[status|update|responsible|delete][0][…]``."""
+    import urllib.parse
+
+    lead = self.leads.get(lid, {})
+    p = f"leads[{action}][0]"
+    pairs = [(f"{p}[id]", str(lid)), (f"{p}[status_id]", str(lead.get("status_id", FIRST_STATUS))),
+             (f"{p}[responsible_user_id]", str(lead.get("responsible_user_id", 0))),
+             (f"{p}[pipeline_id]", str(lead.get("pipeline_id", 0))), (f"{p}[last_modified]", str(self.tick())),
+             ("account[subdomain]", self.subdomain), ("account[id]", str(account_id or self.account_id)),
+             ("account[_links][self]", f"https://{self.subdomain}.amocrm.ru")]
+    return urllib.parse.urlencode(pairs).encode()
