@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from callguard.callbacks.events import LeadSeen
 from callguard.callbacks.settings import CallbackConfig, HeadConfig, ManagerConfig
 from callguard.errors import CrmUnavailableError
 from callguard.store import Store
@@ -31,6 +32,12 @@ class RecordingCrm:
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int, float | None]] = []
         self.failing = 0
+        self.reads_failing = 0  # the next reads of the lead fail (a CRM outage seen by the read alone)
+        self.status = "NEW"  # the lead as the CRM shows it
+        self.responsible = 0
+        self.found = True
+        self.reads = 0
+        self.texts: list[str] = []
 
     def _maybe_fail(self) -> None:
         if self.failing:
@@ -40,11 +47,23 @@ class RecordingCrm:
     async def set_responsible(self, lead_ref: str, user_id: int) -> None:
         self._maybe_fail()
         self.calls.append(("responsible", lead_ref, user_id, None))
+        self.responsible = user_id
 
     async def create_task(self, lead_ref: str, user_id: int, due: float, text: str) -> str:
         self._maybe_fail()
         self.calls.append(("task", lead_ref, user_id, due))
+        self.texts.append(text)
         return str(len(self.calls))
+
+    async def find_task(self, lead_ref: str, marker: str) -> str | None:
+        return next((str(i) for i, t in enumerate(self.texts) if marker in t), None)
+
+    async def read_lead(self, lead_ref: str) -> LeadSeen:
+        if self.reads_failing:
+            self.reads_failing -= 1
+            raise CrmUnavailableError("fake outage (read)")
+        self.reads += 1
+        return LeadSeen(self.status, self.responsible, self.found)
 
     def responsibles(self) -> list[int]:
         return [u for kind, _, u, _ in self.calls if kind == "responsible"]
@@ -65,9 +84,10 @@ class Clock:
         return self.t
 
 
-async def deliver_lead(store: Store, linkedid: str, at: float, ref: str = "lead-77", misses: int = 1) -> None:
-    row = CallRow(linkedid, linkedid, CUSTOMER, "5551000", "clean", "missed", "abandoned", at - 6, at, 6.0)
-    lead = {"linkedid": linkedid, "caller": CUSTOMER, "did": "5551000", "reason": "abandoned",
+async def deliver_lead(store: Store, linkedid: str, at: float, ref: str = "lead-77", misses: int = 1,
+                       caller: str = CUSTOMER) -> None:
+    row = CallRow(linkedid, linkedid, caller, "5551000", "clean", "missed", "abandoned", at - 6, at, 6.0)
+    lead = {"linkedid": linkedid, "caller": caller, "did": "5551000", "reason": "abandoned",
             "started_at": at - 6, "ended_at": at, "wait_s": 6.0, "misses": misses}
     assert await store.calls.record(row, lead, at)
     await store.outbox.mark_sent(linkedid, ref, at + 0.5, None)

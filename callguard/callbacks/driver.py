@@ -30,13 +30,14 @@ from callguard.ami.wire import Frame
 from callguard.callbacks.actions import CallbackCrm, Executor, Notify, Subject, crm_actions
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector, CallbackAttempt
-from callguard.callbacks.driver_io import CrmWorker, StoreIntake, _Meta
+from callguard.callbacks.driver_io import CrmWorker, Job, StoreIntake, _Meta
 from callguard.callbacks.loop import (
     Action,
     Attempt,
     Callback,
     CrmChanged,
     GotThrough,
+    LeadSeen,
     Step,
 )
 from callguard.callbacks.presence import Presence
@@ -57,8 +58,6 @@ class AmiLink(Protocol):
     logins: int
 
     async def send_action(self, action: dict[str, str]) -> Any: ...
-
-
 
 
 Owner = Callable[[str], Awaitable[str | None]]  # E.164 → the contact's responsible (manager name)
@@ -87,7 +86,9 @@ class CallbackDriver(CrmWorker, StoreIntake):
         self._taken: list[tuple[str, str]] = []
         self._in_flight: set[str] = set()  # leads taken in, their rows not yet committed
         self._pending: dict[str, dict[int, tuple[Action, ...]]] = {}  # key → epoch → CRM actions not done
-        self._crm_jobs: deque[tuple[str, int, tuple[Action, ...]]] = deque()
+        self._crm_jobs: deque[Job] = deque()
+        self._hinted: set[str] = set()  # keys whose webhook read is queued
+        self._assigned_saved: dict[str, float] = {}  # book.last_assigned as the store has it
         self._breached: set[str] = set()
         self._logins = -1
         self._lead_cursor = 0.0
@@ -117,14 +118,17 @@ class CallbackDriver(CrmWorker, StoreIntake):
             self._tasks.append(tasks.spawn(self._queue_status(), name="callbacks-queuestatus"))
 
     def crm_changed(self, lead_ref: str, at: float, *, status_changed: bool = False,
-                    responsible_user: int | None = None) -> int:
-        """A CRM webhook about a lead: a status change (or a person's reassignment) closes its call-back."""
+                    responsible_user: int | None = None, seen: LeadSeen | None = None) -> int:
+        """A change of a lead in the CRM (a webhook's hint, re-read: ``seen``): a status other than the one
+        recorded at the assignment, or a responsible other than the one callguard set, closes its
+        call-back (``loop.crm_verdict``)."""
         name = self.roster.by_crm_user(responsible_user) if responsible_user is not None else None
+        who = self._name_of(seen.responsible) if seen is not None else ""
         keys = [k for k, m in self._meta.items() if m.lead_ref == lead_ref and self.book.get(k) is not None]
         for key in keys:
             cb = self.book.get(key)
             if cb is not None:
-                self._push([self.book.apply(cb, CrmChanged(at, status_changed, name))])
+                self._push([self.book.apply(cb, CrmChanged(at, status_changed, name, seen, who=who))])
         return len(keys)
 
     def _attempt(self, att: CallbackAttempt, now: float) -> None:
@@ -178,7 +182,10 @@ class CallbackDriver(CrmWorker, StoreIntake):
             jobs = _actions_of(r.pending)
             if jobs:
                 self._pending[r.key] = jobs
-                self._crm_jobs.extend((r.key, epoch, acts) for epoch, acts in jobs.items())
+                self._crm_jobs.extend((r.key, epoch, acts, True) for epoch, acts in jobs.items())  # redo: look first
+        # Who was assigned when, as before the restart: "least recently assigned" picks the same.
+        self._assigned_saved = await self.rows.last_assigned()
+        self.book.last_assigned.update(self._assigned_saved)
         self._lead_cursor = self._call_cursor = now - LEAD_HORIZON_S
         metrics.CALLBACKS_OPEN.set_function(lambda: len(self.book))
         log.info("callbacks_loaded", open=len(records), crm_redo=len(self._crm_jobs), crm=self.crm.name)
@@ -228,14 +235,16 @@ class CallbackDriver(CrmWorker, StoreIntake):
             return
         self._dirty, self._after_save, self._taken = {}, [], []
         now = self.clock()
+        assigned = {m: t for m, t in self.book.last_assigned.items() if self._assigned_saved.get(m) != t}
         try:
-            await self.rows.save((self._record(cb) for cb in dirty.values()), now, taken)
+            await self.rows.save((self._record(cb) for cb in dirty.values()), now, taken, assigned)
         except BaseException:
             self._dirty = {**dirty, **self._dirty}
             self._after_save = after + self._after_save
             self._taken = taken + self._taken
             raise
         self.saves += 1
+        self._assigned_saved.update(assigned)
         self._in_flight.difference_update(linkedid for linkedid, _ in taken)
         for cb in dirty.values():
             metrics.CALLBACK_STEPS.labels(state=cb.state.value).inc()
@@ -258,7 +267,7 @@ class CallbackDriver(CrmWorker, StoreIntake):
                 self._breached.add(cb.key)
         crm = crm_actions(actions)
         if crm:
-            self._crm_jobs.append((cb.key, crm[0].epoch, crm))
+            self._crm_jobs.append((cb.key, crm[0].epoch, crm, False))
             self._crm_ready.set()
         if not cb.is_open:
             log.info("callback_closed", key=cb.key, linkedid=cb.key, caller=cb.customer, did=s.did,

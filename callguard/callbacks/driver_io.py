@@ -1,17 +1,24 @@
 """Two parts of the call-back driver (callbacks/driver.py), apart so each module stays small: the CRM
 worker that carries out the loop's CRM steps one at a time, and the intake of delivered leads and answered
-calls from the store. Mixins of ``CallbackDriver``: they use its state and nothing else."""
+calls from the store. Mixins of ``CallbackDriver``: they use its state and nothing else.
+
+A ``check`` step (the read before a hand-on) answers the loop with ``CrmChanged`` carrying the read; a
+webhook's hint about a lead (``lead_hint``) queues the same read, not persisted (it is only a hint: the
+read before the next hand-on sees the same change), whose answer goes to ``crm_changed``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import structlog
 
 from callguard import metrics
 from callguard.callbacks.loop import (
+    HEAD,
     Action,
     Callback,
+    CrmChanged,
     CrmDone,
     CrmFailed,
     LeadOpened,
@@ -21,6 +28,8 @@ from callguard.store.callbacks import DeliveredLead
 
 log = structlog.get_logger("callguard.callbacks")
 
+Job = tuple[str, int, tuple[Action, ...], bool]  # key, epoch, the step's CRM actions, a redo (look first)
+HINT = -1  # the epoch of a webhook hint's read: belongs to no step of the loop
 SLACK_S = 5.0  # the intake cursor looks back this far: rows committed with a slightly older stamp
 
 
@@ -39,27 +48,61 @@ class CrmWorker:
             await self._crm_ready.wait()
             self._crm_ready.clear()
             while self._crm_jobs:
-                key, epoch, actions = self._crm_jobs.popleft()
-                await self._crm_job(key, epoch, actions)
+                await self._crm_job(*self._crm_jobs.popleft())
 
-    async def _crm_job(self, key: str, epoch: int, actions: tuple[Action, ...]) -> None:
+    def lead_hint(self, lead_refs: Sequence[str]) -> int:
+        """A CRM webhook named these leads: read each that has an open call-back (on the CRM worker,
+        after the steps already queued), then ``crm_changed``. Returns how many reads were queued."""
+        wanted = set(lead_refs)
+        queued = 0
+        for key, m in self._meta.items():
+            if m.lead_ref in wanted and self.book.get(key) is not None and key not in self._hinted:
+                self._hinted.add(key)
+                self._crm_jobs.append((key, HINT, (Action("check", detail="webhook"),), False))
+                queued += 1
+        if queued:
+            self._crm_ready.set()
+        return queued
+
+    async def _crm_job(self, key: str, epoch: int, actions: tuple[Action, ...], redo: bool = False) -> None:
+        if epoch == HINT:
+            self._hinted.discard(key)
         cb = self.book.get(key)
-        if cb is None or cb.epoch != epoch:
+        if cb is None or (cb.epoch != epoch and epoch != HINT):
             self._pending.get(key, {}).pop(epoch, None)
             return  # closed or moved on since: the step is stale
+        s = self._subject(key, cb.customer)
         try:
-            await self.executor.run_crm(self._subject(key, cb.customer), actions, self.clock())
-            event: CrmDone | CrmFailed = CrmDone(self.clock(), epoch)
+            seen, user = await self.executor.run_crm(s, actions, self.clock(), redo)
         except CallguardError as e:  # CrmError and kin: the loop retries the same step later
             metrics.CALLBACK_CRM_FAILURES.inc()
-            log.warning("callback_crm_failed", key=key, linkedid=key, caller=cb.customer, manager=cb.manager,
-                        epoch=epoch, error=str(e))
-            event = CrmFailed(self.clock(), epoch)
+            log.warning("callback_crm_failed", key=key, linkedid=key, caller=cb.customer, did=s.did,
+                        manager=cb.manager, epoch=epoch, error=str(e))
+            if epoch == HINT:
+                return  # only a hint: the read before the next hand-on looks again
+            event: CrmDone | CrmFailed | CrmChanged = CrmFailed(self.clock(), epoch)
+        else:
+            if epoch == HINT:
+                if seen is not None:
+                    self.crm_changed(s.lead_ref, self.clock(), seen=seen)
+                return
+            if actions[0].kind == "check":
+                who = self._name_of(seen.responsible) if seen is not None else ""
+                event = CrmChanged(self.clock(), seen=seen, epoch=epoch, who=who)
+            else:
+                event = CrmDone(self.clock(), epoch, seen, user)
         self._pending.get(key, {}).pop(epoch, None)
         cb = self.book.get(key)
         if cb is not None:
             self._push([self.book.apply(cb, event)])
 
+    def _name_of(self, user: int) -> str:
+        """The roster's name for a CRM user (the head's, or ``crm_user:N`` for someone else)."""
+        if not user:
+            return ""
+        if user == self.roster.head.crm_user_id:
+            return self.roster.head.name or HEAD
+        return self.roster.by_crm_user(user) or f"crm_user:{user}"
 
 
 class StoreIntake:

@@ -10,9 +10,15 @@ are epoch seconds passed in; the machine never reads a clock, and who is free co
        └──────── attempt (not answered) ▶ attempted ◀────┴──────────────────────────────┘
     any open state ── answered attempt ▶ reached · customer answered ▶ got_through · CRM change ▶ closed_in_crm
 
-Idempotence: a hand-on happens only when ``TimerDue.at >= due`` and moves ``due`` past ``at``, so a
-repeated or late timer never hands on twice for one due time. A failed CRM call (``CrmFailed``) marks
-the assignment pending and retries the *same* assignment (same ``epoch``) after ``crm_retry``; it never
+Before a hand-on (or the escalation) the lead is read in the CRM: the pause's end emits a ``check`` and
+marks it pending (``crm_pending = "check"``); its answer (``CrmChanged`` with the same epoch) closes the
+call-back when the lead's status differs from the one recorded at the assignment, or its responsible from
+the one callguard set (a person took it by hand), and hands on otherwise (``crm_verdict``). A webhook's
+hint (``CrmChanged``, epoch 0) is judged the same way, at once.
+
+Idempotence: a hand-on happens only on the answer to the check of the current epoch, which clears the
+check, so a repeated or late timer or answer never hands on twice. A failed CRM call (``CrmFailed``)
+retries the *same* step (same ``epoch``: the assignment, or the read) after ``crm_retry``; it never
 counts as, nor triggers, a hand-on.
 """
 
@@ -24,8 +30,26 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from callguard.callbacks.events import (
+    Action,
+    Attempt,
+    CrmChanged,
+    CrmDone,
+    CrmFailed,
+    Event,
+    Freed,
+    GotThrough,
+    LeadOpened,
+    LeadSeen,
+    TimerDue,
+)
 from callguard.callbacks.pick import Choice
 from callguard.callbacks.settings import CallbackConfig
+
+__all__ = ["HEAD", "TERMINAL", "TIMED", "Action", "Attempt", "Callback", "Context", "CrmChanged", "CrmDone",
+           "CrmFailed", "Event", "Freed", "GotThrough", "LeadOpened", "LeadSeen", "State", "Step", "TimerDue",
+           "crm_verdict", "step"]
+
 
 
 class State(StrEnum):
@@ -42,78 +66,7 @@ class State(StrEnum):
 TERMINAL = frozenset({State.REACHED, State.GOT_THROUGH, State.CLOSED_IN_CRM})
 TIMED = frozenset({State.WAITING, State.ASSIGNED, State.HANDED_ON})
 HANDOFF_WAITING = "handoff_waiting"  # the pause ran out while nobody else was free
-
-
-# --- inputs -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class LeadOpened:
-    at: float
-    repeat: bool = False  # a repeat miss re-opened the lead
-
-
-@dataclass(frozen=True, slots=True)
-class TimerDue:
-    at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Freed:
-    at: float  # a manager became free (presence)
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    at: float
-    manager: str
-    answered: bool
-    final: bool = True  # False: the dial has begun, its outcome is not known yet
-    status: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class GotThrough:
-    at: float  # the customer called in and a manager answered
-
-
-@dataclass(frozen=True, slots=True)
-class CrmChanged:
-    at: float
-    status_changed: bool = False
-    responsible: str | None = None  # manager name the CRM now shows as responsible (None: unknown)
-
-
-@dataclass(frozen=True, slots=True)
-class CrmFailed:
-    at: float
-    epoch: int
-
-
-@dataclass(frozen=True, slots=True)
-class CrmDone:
-    at: float
-    epoch: int
-
-
-Event = LeadOpened | TimerDue | Freed | Attempt | GotThrough | CrmChanged | CrmFailed | CrmDone
-
-
-# --- outputs ----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Action:
-    # assign | create_task | notify | escalate | wait | record
-    kind: str
-    manager: str = ""  # assign/create_task/notify: the manager; notify/escalate: "@head" for the head
-    due: float | None = None
-    epoch: int = 0  # echo it in CrmFailed/CrmDone
-    detail: str = ""
-    seconds: float | None = None  # record: the timing
-
-    def to_json(self) -> dict[str, Any]:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v not in ("", None, 0) or k == "kind"}
+CHECK = "check"  # crm_pending: the lead is being read before a hand-on
 
 
 HEAD = "@head"
@@ -130,7 +83,7 @@ class Callback:
     handoffs: int = 0
     due: float | None = None
     epoch: int = 0  # one per CRM step (assignment, escalation)
-    crm_pending: str = ""  # "" | assign | escalate: that step has not reached the CRM yet
+    crm_pending: str = ""  # "" | assign | escalate | check: that step has not reached the CRM yet
     misses: int = 1
     responsible: str = ""  # the contact's own responsible (manager name), first choice
     attempts: int = 0
@@ -139,6 +92,9 @@ class Callback:
     first_talk_at: float | None = None
     closed_at: float | None = None
     reason: str = ""  # why it is in this state
+    crm_status: str = ""  # the lead's status in the CRM when it was last assigned ("" unknown)
+    crm_user: int = 0  # the CRM responsible callguard set then (0: none)
+    crm_epoch: int = 0  # the epoch whose CRM step ``crm_user`` belongs to (confirmed by CrmDone)
 
     @property
     def is_open(self) -> bool:
@@ -198,21 +154,31 @@ def step(cb: Callback, event: Event, ctx: Context) -> Step:
         case GotThrough():
             return _talked(cb, event.at, State.GOT_THROUGH, "customer_got_through", cb.by)
         case CrmChanged():
-            return _crm_changed(cb, event)
+            return _crm_changed(cb, event, ctx)
         # Only an assignment the loop still waits on is retried: once a manager has called back
         # (attempted), a failed CRM write of the superseded assignment re-arms nothing.
         case CrmFailed() if event.epoch == cb.epoch and cb.epoch and (cb.state in TIMED or cb.state is State.ESCALATED):
+            if cb.crm_pending == CHECK:  # the read failed: read again later, never hand on unread
+                due = event.at + ctx.cfg.crm_retry
+                return Step(dataclasses.replace(cb, due=due), (Action("wait", due=due, epoch=cb.epoch,
+                                                                      detail="crm_read_retry"),))
             kind = "escalate" if cb.state is State.ESCALATED else "assign"
             due = event.at + ctx.cfg.crm_retry
             nxt = dataclasses.replace(cb, crm_pending=kind, due=due)
             return Step(nxt, (Action("wait", due=due, epoch=cb.epoch, detail="crm_retry"),))
         case CrmDone() if event.epoch == cb.epoch and cb.epoch:
-            return Step(_crm_done(cb, event.at, ctx))
+            return Step(_crm_done(cb, event, ctx))
     return Step(cb)
 
 
-def _crm_done(cb: Callback, at: float, ctx: Context) -> Callback:
-    """The CRM has the assignment: the manager's pause starts now (it may have been down a while)."""
+def _crm_done(cb: Callback, ev: CrmDone, ctx: Context) -> Callback:
+    """The CRM has the assignment: the manager's pause starts now (it may have been down a while). What
+    the CRM showed then is the baseline a later read is compared with."""
+    at = ev.at
+    status = ev.seen.status if ev.seen is not None and ev.seen.status else cb.crm_status
+    cb = dataclasses.replace(cb, crm_status=status, crm_user=ev.user, crm_epoch=ev.epoch)
+    if cb.crm_pending == CHECK:
+        return cb  # a late answer while the lead is being read: the read decides
     if cb.state not in TIMED or not cb.manager:
         return dataclasses.replace(cb, crm_pending="", due=None if cb.state not in TIMED else cb.due)
     due = cb.due if cb.reason == HANDOFF_WAITING else max(cb.due or at, at + ctx.cfg.pause)
@@ -236,12 +202,28 @@ def _opened(cb: Callback, ev: LeadOpened, ctx: Context) -> Step:
 def _timer(cb: Callback, at: float, ctx: Context) -> Step:
     if cb.due is None or at < cb.due:
         return Step(cb)
+    if cb.crm_pending == CHECK:
+        return _check(cb, at, ctx, "retry")
     if cb.crm_pending:
         return _retry(cb, at, ctx)
     if cb.state is State.WAITING:
         return _assign(cb, at, ctx, handoff=False)
     if cb.state not in TIMED:
         return Step(dataclasses.replace(cb, due=None))
+    return _check(cb, at, ctx, "pause_over")
+
+
+def _check(cb: Callback, at: float, ctx: Context, why: str) -> Step:
+    """The pause is over: read the lead before handing on (a person may have dealt with it in the CRM).
+    Its answer is ``CrmChanged`` with this epoch; none by ``crm_retry`` (a CRM outage) → read again."""
+    due = at + ctx.cfg.crm_retry
+    nxt = dataclasses.replace(cb, crm_pending=CHECK, due=due)
+    return Step(nxt, (Action("check", cb.manager, due, cb.epoch, why),))
+
+
+def _hand_on(cb: Callback, at: float, ctx: Context) -> Step:
+    """The lead is untouched: the next manager, or the head after ``max_handoffs``."""
+    cb = dataclasses.replace(cb, crm_pending="")
     if cb.handoffs >= ctx.cfg.max_handoffs:
         epoch = cb.epoch + 1
         nxt = dataclasses.replace(cb, state=State.ESCALATED, due=None, epoch=epoch, reason="max_handoffs")
@@ -311,13 +293,30 @@ def _talked(cb: Callback, at: float, state: State, reason: str, by: str) -> Step
     return Step(cb, (_timing(cb, "miss_to_first_talk", at),))
 
 
-def _crm_changed(cb: Callback, ev: CrmChanged) -> Step:
-    if ev.status_changed:
-        reason = "crm_status"
-    elif ev.responsible and ev.responsible not in cb.assignees:
-        reason = "crm_responsible"  # a person gave it to someone: theirs now
-    else:
-        return Step(cb)  # the echo of our own assignment, or nothing that matters
-    by = ev.responsible or cb.by
-    nxt = dataclasses.replace(cb, state=State.CLOSED_IN_CRM, due=None, closed_at=ev.at, reason=reason, by=by)
+def crm_verdict(cb: Callback, ev: CrmChanged) -> str:
+    """Why the CRM change closes the call-back ("" = it does not), pure: what the CRM says now against
+    what callguard recorded at the assignment (``crm_status``, and ``crm_user`` once that assignment is
+    confirmed: before, the CRM may still show the previous responsible)."""
+    seen = ev.seen
+    if ev.status_changed or (seen is not None and seen.found and seen.status and cb.crm_status
+                             and seen.status != cb.crm_status):
+        return "crm_status"
+    if seen is not None and not seen.found:
+        return "crm_lead_gone"  # deleted in the CRM: nobody is to call about it any more
+    if ev.responsible and ev.responsible not in cb.assignees:
+        return "crm_responsible"  # a person gave it to someone: theirs now
+    confirmed = cb.crm_user and cb.crm_epoch == cb.epoch and cb.crm_pending in ("", CHECK)
+    if seen is not None and seen.responsible and confirmed and seen.responsible != cb.crm_user:
+        return "crm_responsible"  # the head or a manager took it by hand in the CRM
+    return ""  # the echo of our own assignment, or nothing that matters
+
+
+def _crm_changed(cb: Callback, ev: CrmChanged, ctx: Context) -> Step:
+    reason = crm_verdict(cb, ev)
+    checking = ev.epoch != 0 and ev.epoch == cb.epoch and cb.crm_pending == CHECK
+    if not reason:
+        return _hand_on(cb, ev.at, ctx) if checking else Step(cb)
+    by = ev.who or ev.responsible or cb.by
+    nxt = dataclasses.replace(cb, state=State.CLOSED_IN_CRM, due=None, closed_at=ev.at, reason=reason, by=by,
+                              crm_pending="")
     return Step(nxt)

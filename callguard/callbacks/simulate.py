@@ -4,7 +4,9 @@
 open call-backs, an answered call from a waiting customer is "got through"), to the presence, and to
 the attempt detector, and steps the loop; the clock is compressed: the pause is divided by
 ``time_scale``, and after the last frame the clock jumps from one due time to the next until every
-call-back has settled. Returns every step the loop took, in order (for ``callguard callbacks simulate``).
+call-back has settled. No CRM: the read the loop asks for before a hand-on is answered at once with
+nothing changed (as with ``crm.kind = none``). Returns every step the loop took, in order (for
+``callguard callbacks simulate``).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from callguard.ami.wire import Frame, FrameFeeder
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector, CallbackAttempt
-from callguard.callbacks.loop import Action, Attempt, Step
+from callguard.callbacks.loop import Action, Attempt, CrmChanged, Step
 from callguard.callbacks.presence import Presence
 from callguard.callbacks.settings import CallbackConfig, parse_roster, with_pause
 from callguard.calls.tracker import CallOutcome, CallTracker, Outcome
@@ -53,8 +55,17 @@ class _Sim:
 
     def note(self, at: float, cause: str, steps: Iterable[Step]) -> None:
         for s in steps:
+            s = self._read(at, s)
             cb = s.callback
             self.steps.append(SimStep(at, cb.key, cause, cb.state.value, cb.manager, s.actions))
+
+    def _read(self, at: float, s: Step) -> Step:
+        """A ``check`` answered by no CRM: nothing changed, so the hand-on goes ahead in the same step."""
+        checks = [a for a in s.actions if a.kind == "check"]
+        if not checks:
+            return s
+        read = self.book.apply(s.callback, CrmChanged(at, epoch=checks[0].epoch))
+        return Step(read.callback, tuple(a for a in (*s.actions, *read.actions) if a.kind != "check"))
 
     def frame(self, at: float, frame: Frame) -> None:
         self.note(at, "timer", self.book.tick(at))

@@ -240,6 +240,9 @@ class AmoCrm:
 # --- webhooks (crm-apis.md §1.8) -------------------------------------------------------------------------
 
 _WEBHOOK_ID = re.compile(r"contacts\[(add|update|delete|restore)\]\[\d+\]\[id\]")
+# Lead hooks (settings update_lead, status_lead, responsible_lead, delete_lead; §1.8 [3p] codes):
+# leads[status][0][id] with …[status_id], leads[update][0][…], leads[responsible][0][…]. Only the id is used.
+_WEBHOOK_LEAD = re.compile(r"leads\[(update|status|responsible|delete)\]\[\d+\]\[id\]")
 
 
 def _one(form: Mapping[str, list[str]], key: str) -> str:
@@ -254,9 +257,38 @@ def check_webhook_token(cfg: AmoCrmConfig, token: str) -> None:
         raise WebhookRejected(401, "bad_token")
 
 
+def _ids(form: Mapping[str, list[str]], key: re.Pattern[str]) -> list[str]:
+    return [v for k, vals in form.items() if key.fullmatch(k) for v in vals]
+
+
+def _valid(ids: list[str]) -> bool:
+    return all(v.isdigit() and len(v) < 20 for v in ids)
+
+
+def parse_hook(cfg: AmoCrmConfig, form: Mapping[str, list[str]]) -> tuple[list[str], list[str]]:
+    """(contact ids, lead ids) of a form-encoded v2 delivery from our account (``contacts[…]`` as in
+    ``parse_webhook``, ``leads[update|status|responsible|delete][N][id]``), or ``WebhookRejected``. The
+    lead fields (``status_id``, ``responsible_user_id``) are not trusted: the lead is re-read."""
+    _check_account(cfg, form)
+    contacts, leads = _ids(form, _WEBHOOK_ID), _ids(form, _WEBHOOK_LEAD)
+    if not contacts and not leads:
+        raise WebhookRejected(400, "no_entities")
+    if not _valid(contacts) or not _valid(leads):
+        raise WebhookRejected(400, "malformed_id")
+    return contacts, leads
+
+
 def parse_webhook(cfg: AmoCrmConfig, form: Mapping[str, list[str]]) -> list[str]:
     """The contact ids of a form-encoded v2 delivery ``contacts[add|update|delete|restore][N][…]``
     from our account, or ``WebhookRejected``."""
+    _check_account(cfg, form)
+    ids = _ids(form, _WEBHOOK_ID)
+    if not ids or not _valid(ids):
+        raise WebhookRejected(400, "no_contacts")
+    return ids
+
+
+def _check_account(cfg: AmoCrmConfig, form: Mapping[str, list[str]]) -> None:
     if cfg.account_id and _one(form, "account[id]") != str(cfg.account_id):
         raise WebhookRejected(401, "wrong_account")
     host = urlsplit(cfg.base_url).hostname or ""
@@ -264,7 +296,3 @@ def parse_webhook(cfg: AmoCrmConfig, form: Mapping[str, list[str]]) -> list[str]
     real = host.endswith((".amocrm.ru", ".amocrm.com", ".kommo.com"))
     if real and _one(form, "account[subdomain]") != host.split(".")[0]:
         raise WebhookRejected(401, "wrong_account")
-    ids = [v for k, vals in form.items() if _WEBHOOK_ID.fullmatch(k) for v in vals]
-    if not ids or not all(v.isdigit() and len(v) < 20 for v in ids):
-        raise WebhookRejected(400, "no_contacts")
-    return ids

@@ -213,6 +213,8 @@ class Bitrix24:
 # --- webhooks (crm-apis.md §2.7) -------------------------------------------------------------------------
 
 WEBHOOK_EVENTS = frozenset({"ONCRMCONTACTADD", "ONCRMCONTACTUPDATE", "ONCRMCONTACTDELETE"})
+# b24restdocs api-reference/crm/leads/events/on-crm-lead-update.md: ``data[FIELDS][ID]`` only, like contacts.
+LEAD_EVENTS = frozenset({"ONCRMLEADUPDATE", "ONCRMLEADDELETE"})
 
 
 def _one(form: Mapping[str, list[str]], key: str) -> str:
@@ -222,12 +224,22 @@ def _one(form: Mapping[str, list[str]], key: str) -> str:
 def parse_webhook(cfg: Bitrix24Config, form: Mapping[str, list[str]]) -> list[str]:
     """The contact id of a form-encoded outbound event (``event``, ``data[FIELDS][ID]``), or
     ``WebhookRejected``; ``auth[application_token]`` is compared in constant time."""
+    kind, cid = parse_hook(cfg, form)
+    if kind != "contact":
+        raise WebhookRejected(400, "unknown_event")
+    return [cid]
+
+
+def parse_hook(cfg: Bitrix24Config, form: Mapping[str, list[str]]) -> tuple[str, str]:
+    """("contact" | "lead", id) of a form-encoded outbound event (ONCRMCONTACT*, ONCRMLEADUPDATE/DELETE),
+    or ``WebhookRejected``; ``auth[application_token]`` is compared in constant time (§2.7)."""
     given, expected = _one(form, "auth[application_token]"), cfg.application_token
     if not expected or not hmac.compare_digest(given.encode(), expected.encode()):
         raise WebhookRejected(401, "bad_token")
-    if _one(form, "event").upper() not in WEBHOOK_EVENTS:
+    event = _one(form, "event").upper()
+    if event not in WEBHOOK_EVENTS and event not in LEAD_EVENTS:
         raise WebhookRejected(400, "unknown_event")
     cid = _one(form, "data[FIELDS][ID]")
     if not cid.isdigit() or len(cid) > 19:
-        raise WebhookRejected(400, "no_contacts")
-    return [cid]
+        raise WebhookRejected(400, "no_contacts" if event in WEBHOOK_EVENTS else "no_lead")
+    return ("contact" if event in WEBHOOK_EVENTS else "lead"), cid

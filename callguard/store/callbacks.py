@@ -1,5 +1,6 @@
 """The ``callbacks`` table (one row per call-back, ``callbacks.loop.Callback.to_row()`` in ``data``) and
-``callback_leads`` (which delivered leads the loop has taken in), plus the reads the loop's intake needs.
+``callback_leads`` (which delivered leads the loop has taken in), ``callback_managers`` (when each manager
+was last assigned one), plus the reads the loop's intake needs.
 
 Every transition is written here BEFORE its actions are carried out: ``pending`` holds the actions of the
 last step not yet done (a restart re-runs them with the same epoch, so a CRM call is redone, never a
@@ -10,7 +11,7 @@ between the two makes the intake see it again, never twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,13 +92,15 @@ class Callbacks:
         self.db = db
 
     async def save(
-        self, records: Iterable[CallbackRecord], now: float, taken: Iterable[tuple[str, str]] = ()
+        self, records: Iterable[CallbackRecord], now: float, taken: Iterable[tuple[str, str]] = (),
+        assigned: Mapping[str, float] | None = None,
     ) -> int:
-        """Write call-backs (the last state of each) and mark the leads ``taken`` = (outbox linkedid,
-        call-back key) in ONE transaction."""
+        """Write call-backs (the last state of each), mark the leads ``taken`` = (outbox linkedid,
+        call-back key) and the managers' last assignment times ``assigned`` in ONE transaction."""
         values = [_values(rec, now) for rec in records]
         leads = [(linkedid, key, now) for linkedid, key in taken]
-        if not values and not leads:
+        managers = list((assigned or {}).items())
+        if not values and not leads and not managers:
             return 0
         async with self.db.write() as conn:
             if values:
@@ -106,7 +109,17 @@ class Callbacks:
                 await conn.executemany(
                     "INSERT OR IGNORE INTO callback_leads(linkedid, callback, at) VALUES (?, ?, ?)", leads
                 )
+            if managers:
+                await conn.executemany(
+                    "INSERT INTO callback_managers(name, last_assigned_at) VALUES (?, ?) ON CONFLICT(name) "
+                    "DO UPDATE SET last_assigned_at = MAX(last_assigned_at, excluded.last_assigned_at)", managers
+                )
         return len(values)
+
+    async def last_assigned(self) -> dict[str, float]:
+        """Manager name → when they were last assigned a call-back (the picker's "least recently")."""
+        async with self.db.reader.execute("SELECT name, last_assigned_at FROM callback_managers") as cur:
+            return {str(n): float(t) for n, t in await cur.fetchall()}
 
     async def get(self, key: str) -> CallbackRecord | None:
         async with self.db.reader.execute(f"SELECT {_COLUMNS} FROM callbacks WHERE key = ?", (key,)) as cur:

@@ -141,6 +141,14 @@ MIGRATIONS: dict[int, str] = {
         at        REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    6: """
+    -- When each manager was last given a call-back (issue 16 "least recently assigned"): a restart picks
+    -- as the running service would have.
+    CREATE TABLE callback_managers (
+        name              TEXT PRIMARY KEY,
+        last_assigned_at  REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
 }
 
 LATEST = max(MIGRATIONS)

@@ -1,4 +1,5 @@
-"""CRM webhooks: a contact changed in the CRM → its cache rows refreshed within seconds.
+"""CRM webhooks: a contact changed in the CRM → its cache rows refreshed within seconds; a lead changed →
+the call-back loop re-reads it (a status or responsible changed by a person closes its call-back).
 
 Mounted by ``web.server`` through ``add_routes``; exempt from the API bearer token because each CRM
 authenticates its own way, checked by its adapter with the body parsing (``parse_webhook`` in
@@ -6,14 +7,22 @@ callguard.crm.amocrm and callguard.crm.bitrix24):
 - amoCRM ``POST /webhooks/amocrm/<secret>`` (crm-apis.md §1.8), the secret checked before the body is read;
 - Bitrix24 ``POST /webhooks/bitrix24`` (§2.7).
 The payload is only a hint: the contact ids go to the sync (``hint``), which re-reads them through the API
-(a forged "spam" value in a body changes nothing). We answer at once, as both CRMs want. Anything
+(a forged "spam" value in a body changes nothing); the lead ids (amoCRM ``leads[update|status|responsible|
+delete][N][id]``, Bitrix24 ``ONCRMLEADUPDATE``/``ONCRMLEADDELETE``) go to the call-back loop's
+``lead_hint``, which re-reads the lead on its CRM worker. We answer at once, as both CRMs want. Anything
 unauthenticated, malformed or oversized is refused (401/400/413), logged, counted, and never touches the
-cache.
+cache or the loop. Lead ids with no call-back loop running are answered 200 and counted
+(``leads_ignored``): one CRM webhook URL often carries contacts and leads, and a CRM that sees errors
+retries and may switch the hook off.
+
+``web.server`` (another part) passes ``sync.hint`` here; the loop's lead hint rides along it as a
+``Hints`` (``with_leads`` wraps the sync for the web part in app.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 from urllib.parse import parse_qs
 
 import structlog
@@ -28,8 +37,34 @@ log = structlog.get_logger("callguard.web.webhooks")
 MAX_BODY = 64 * 1024  # a real delivery is a few KB; mass updates come as many deliveries
 MAX_FIELDS = 5000
 
-# The sync's ``hint(ids) -> how many were new to its queue``; None when no sync runs.
+# The sync's ``hint(ids) -> how many were new to its queue``; None when no sync runs. The call-back loop's
+# ``lead_hint(lead ids) -> how many reads it queued`` has the same shape.
 Hint = Callable[[Sequence[str]], int]
+
+
+class Hints:
+    """The sync's contact hint (called as before) carrying the call-back loop's lead hint along."""
+
+    def __init__(self, contacts: Hint | None, leads: Hint | None) -> None:
+        self.contacts, self.leads = contacts, leads
+
+    def __call__(self, ids: Sequence[str]) -> int:
+        return self.contacts(ids) if self.contacts is not None else 0
+
+
+class SyncWithLeads:
+    """The sync as the web part sees it (its readiness facts pass through), its ``hint`` a ``Hints``."""
+
+    def __init__(self, sync: Any, leads: Hint) -> None:
+        self._sync = sync
+        self.hint = Hints(sync.hint, leads)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sync, name)
+
+
+def with_leads(sync: Any, leads: Hint | None) -> Any:
+    return sync if sync is None or leads is None else SyncWithLeads(sync, leads)
 
 
 async def read_form(request: web.Request) -> dict[str, list[str]]:
@@ -50,33 +85,37 @@ async def read_form(request: web.Request) -> dict[str, list[str]]:
 class Webhooks:
     def __init__(self, cfg: CrmConfig, hint: Hint | None) -> None:
         self.cfg = cfg
-        self.hint = hint
+        self.hint = hint.contacts if isinstance(hint, Hints) else hint
+        self.leads = hint.leads if isinstance(hint, Hints) else None
 
     def _reject(self, request: web.Request, crm: str, e: WebhookRejected) -> web.Response:
         metrics.WEBHOOKS.labels(crm, e.reason).inc()
         log.warning("webhook_rejected", crm=crm, reason=e.reason, status=e.status, peer=request.remote)
         return web.json_response({"error": e.reason}, status=e.status)
 
-    def _queue(self, crm: str, ids: list[str]) -> web.Response:
-        if self.hint is None or self.cfg.kind != crm:
+    def _queue(self, crm: str, ids: list[str], leads: Sequence[str] = ()) -> web.Response:
+        if self.cfg.kind != crm or (ids and self.hint is None):
             raise WebhookRejected(503, "sync_not_running")
-        fresh = self.hint(ids)
+        fresh = self.hint(ids) if ids and self.hint is not None else 0
+        reads = self.leads(leads) if leads and self.leads is not None else 0
+        if leads and self.leads is None:
+            metrics.WEBHOOKS.labels(crm, "leads_ignored").inc()
         metrics.WEBHOOKS.labels(crm, "ok").inc()
-        log.info("webhook_accepted", crm=crm, contacts=len(ids), queued=fresh)
-        return web.json_response({"queued": len(ids)})
+        log.info("webhook_accepted", crm=crm, contacts=len(ids), queued=fresh, leads=len(leads), lead_reads=reads)
+        return web.json_response({"queued": len(ids), "leads": len(leads)})
 
     async def amocrm(self, request: web.Request) -> web.Response:
         try:
             amocrm.check_webhook_token(self.cfg.amocrm, request.match_info.get("token", ""))
-            ids = amocrm.parse_webhook(self.cfg.amocrm, await read_form(request))
-            return self._queue("amocrm", ids)
+            ids, leads = amocrm.parse_hook(self.cfg.amocrm, await read_form(request))
+            return self._queue("amocrm", ids, leads)
         except WebhookRejected as e:
             return self._reject(request, "amocrm", e)
 
     async def bitrix24(self, request: web.Request) -> web.Response:
         try:
-            ids = bitrix24.parse_webhook(self.cfg.bitrix24, await read_form(request))
-            return self._queue("bitrix24", ids)
+            kind, eid = bitrix24.parse_hook(self.cfg.bitrix24, await read_form(request))
+            return self._queue("bitrix24", [eid] if kind == "contact" else [], [eid] if kind == "lead" else [])
         except WebhookRejected as e:
             return self._reject(request, "bitrix24", e)
 

@@ -38,6 +38,7 @@ Q = {  # allowed query parameters per route: anything else fails loudly
     "leads": {"filter[created_at][from]", "limit", "page", "with"},
     "unsorted": {"filter[category][]", "order[created_at]", "limit", "page"},
     "notes": {"filter[note_type]", "limit", "page"},
+    "tasks": {"filter[entity_type]", "filter[entity_id][]", "limit", "page"},
     "none": set(),
 }
 UNSORTED_KEYS = {"source_uid", "source_name", "pipeline_id", "created_at", "metadata", "_embedded", "request_id"}
@@ -89,6 +90,8 @@ class FakeAmo(FakeServer):
         r.add_post("/api/v4/leads/notes", self.add_notes)
         r.add_get(r"/api/v4/leads/{id:\d+}/notes", self.list_notes)
         r.add_post("/api/v4/tasks", self.add_tasks)
+        r.add_get("/api/v4/tasks", self.list_tasks)
+        r.add_get(r"/api/v4/leads/{id:\d+}", self.get_lead)
         r.add_patch(r"/api/v4/leads/{id:\d+}", self.patch_lead)
         r.add_post("/oauth2/access_token", self.access_token)
 
@@ -330,6 +333,7 @@ class FakeAmo(FakeServer):
         list_unsorted,
         patch_lead,
     )
+    from tests.fakes.amocrm_tasks import get_lead, lead_webhook_body, list_tasks
 
 
 async def serve(generated: int, rps: float | None = None) -> None:

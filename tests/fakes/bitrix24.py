@@ -32,6 +32,11 @@ PARAMS = {
     "crm.lead.add": {"fields", "params"},
     "crm.lead.list": {"order", "filter", "select", "start"},
     "crm.lead.update": {"id", "fields", "params"},
+    "crm.lead.get": {"id"},
+    # b24restdocs api-reference/crm/timeline/activities/todo/crm-activity-todo-add.md: every parameter
+    "crm.activity.todo.add": {"ownerTypeId", "ownerId", "deadline", "title", "description", "responsibleId",
+                              "parentActivityId", "pingOffsets", "colorId"},
+    "crm.activity.list": {"select", "filter", "order", "start"},
     "crm.timeline.comment.add": {"fields"},
     "crm.timeline.comment.list": {"filter", "select", "start", "order"},
     "telephony.externalcall.register": {"USER_ID", "PHONE_NUMBER", "TYPE", "CALL_START_DATE", "CRM_CREATE",
@@ -44,7 +49,9 @@ LEAD_FIELDS = {"TITLE", "SOURCE_ID", "SOURCE_DESCRIPTION", "STATUS_ID", "ASSIGNE
 
 
 class BadRequest(Exception):
-    pass
+    def __init__(self, text: str, code: str = "", strict: bool = True) -> None:
+        super().__init__(text)
+        self.code, self.strict = code, strict  # strict: a request callguard should never have sent
 
 
 def error(status: int, code: str, text: str) -> web.Response:
@@ -63,6 +70,7 @@ class FakeBitrix(FakeServer):
         self.lead_updates: list[tuple[int, dict[str, Any]]] = []
         self.comments: list[dict[str, Any]] = []
         self.calls_registered: list[dict[str, Any]] = []
+        self.activities: list[dict[str, Any]] = []  # crm.activity.todo.add, as crm.activity.list shows them
         self._ids = itertools.count(100)
         self._lead_ids = itertools.count(3000)
         self._clock = datetime.now(MSK).replace(microsecond=0)
@@ -123,8 +131,9 @@ class FakeBitrix(FakeServer):
         try:
             result = handler(body)
         except BadRequest as e:
-            self.strict_error(f"{method}: {e}")
-            return error(400, "", str(e))
+            if e.strict:
+                self.strict_error(f"{method}: {e}")
+            return error(400, e.code, str(e))
         await self.pause_reply(method)
         lost = self.take_after(method)
         if lost is not None:
@@ -254,3 +263,7 @@ class FakeBitrix(FakeServer):
     def m_telephony_externalcall_finish(self, body: dict[str, Any]) -> dict[str, Any]:
         self.calls_registered[-1]["finish"] = dict(body)
         return {"result": {"CALL_ID": body["CALL_ID"], "CALL_STATUS": 0}}
+
+    # --- the call-back loop: a lead by id, universal activities (fakes/bitrix24_activity.py) -----------
+
+    from tests.fakes.bitrix24_activity import m_crm_activity_list, m_crm_activity_todo_add, m_crm_lead_get

@@ -20,8 +20,11 @@ from callguard.callbacks.loop import (
     Freed,
     GotThrough,
     LeadOpened,
+    LeadSeen,
     State,
+    Step,
     TimerDue,
+    crm_verdict,
     step,
 )
 from callguard.callbacks.pick import Choice, choose
@@ -47,13 +50,34 @@ def ctx(team: Team) -> Context:
     return Context(CFG, team.pick)
 
 
-def run(cb: Callback, team: Team, *events: Event) -> tuple[Callback, list[list[str]]]:
+def answer_reads(s: Step, c: Context, at: float) -> Step:
+    """A healthy CRM in which nothing changed: the read before a hand-on comes back unchanged."""
+    checks = [a for a in s.actions if a.kind == "check"]
+    if not checks:
+        return s
+    answered = step(s.callback, CrmChanged(at, seen=LeadSeen(), epoch=checks[0].epoch), c)
+    return Step(answered.callback, tuple(a for a in (*s.actions, *answered.actions) if a.kind != "check"))
+
+
+def run(cb: Callback, team: Team, *events: Event, crm: bool = True) -> tuple[Callback, list[list[str]]]:
+    """Apply ``events``; with ``crm`` the reads the loop asks for are answered at once, unchanged."""
     kinds = []
     for ev in events:
         s = step(cb, ev, ctx(team))
+        if crm:
+            s = answer_reads(s, ctx(team), ev.at)
         cb = s.callback
         kinds.append([a.kind for a in s.actions])
     return cb, kinds
+
+
+def tick(book: CallbackBook, at: float, limit: int | None = None) -> list[Step]:
+    """``book.tick`` with the reads answered (unchanged) through the book, as the driver's worker does."""
+    out = []
+    for s in book.tick(at, limit=limit):
+        checks = [a for a in s.actions if a.kind == "check"]
+        out.append(book.apply(s.callback, CrmChanged(at, seen=LeadSeen(), epoch=checks[0].epoch)) if checks else s)
+    return out
 
 
 def fresh() -> Callback:
@@ -150,16 +174,16 @@ def test_restart_mid_way_resumes_from_the_row() -> None:
     team = Team("Ivan", "Petr")
     book = CallbackBook(CFG, ctx(team))
     book.open("L1", "+79035550142", T0)
-    book.tick(T0 + PAUSE)
+    tick(book, T0 + PAUSE)
     row = book.get("L1").to_row()  # type: ignore[union-attr]
     assert row["state"] == "handed_on" and isinstance(row["assignees"], list)
     again = CallbackBook(CFG, ctx(team))
     assert again.load([row]) == 1
     assert again.next_due() == T0 + 2 * PAUSE
-    assert again.tick(T0 + 2 * PAUSE - 1) == []
-    (s,) = again.tick(T0 + 2 * PAUSE)
+    assert tick(again, T0 + 2 * PAUSE - 1) == []
+    (s,) = tick(again, T0 + 2 * PAUSE)
     assert s.callback.handoffs == 2
-    (s,) = again.tick(T0 + 3 * PAUSE)
+    (s,) = tick(again, T0 + 3 * PAUSE)
     assert s.callback.state is State.ESCALATED and again.next_due() is None
     assert again.attempt("+79035550142", Attempt(T0 + 4 * PAUSE, "Petr", True))[0].callback.state is State.REACHED
     assert len(again) == 0
@@ -169,9 +193,9 @@ def test_tick_limit_leaves_the_rest_due() -> None:
     book = CallbackBook(CFG, ctx(Team("Ivan", "Petr")))
     for i in range(5):
         book.open(f"L{i}", f"+7{i}", T0)
-    assert len(book.tick(T0 + PAUSE, limit=2)) == 2
+    assert len(tick(book, T0 + PAUSE, limit=2)) == 2
     assert book.next_due() == T0 + PAUSE
-    assert len(book.tick(T0 + PAUSE)) == 3 and book.next_due() == T0 + 2 * PAUSE
+    assert len(tick(book, T0 + PAUSE)) == 3 and book.next_due() == T0 + 2 * PAUSE
 
 
 def test_book_routes_attempts_by_customer_and_freed_to_the_waiting() -> None:
@@ -190,7 +214,8 @@ def test_book_routes_attempts_by_customer_and_freed_to_the_waiting() -> None:
 # --- random input sequences -------------------------------------------------------------------------
 
 EVENTS = st.sampled_from(["opened", "repeat", "timer", "freed", "attempt", "answered", "through", "crm",
-                          "crm_resp", "fail", "done", "nobody", "everyone"])
+                          "crm_resp", "fail", "done", "nobody", "everyone", "done_seen", "read", "read_moved",
+                          "read_taken", "read_gone", "hint_moved", "read_stale"])
 
 
 @settings(max_examples=300)
@@ -204,7 +229,13 @@ def test_random_inputs_keep_the_invariants(script: list[tuple[str, float]], seed
               "freed": Freed(at), "attempt": Attempt(at, "Ivan", False), "answered": Attempt(at, "Petr", True),
               "through": GotThrough(at), "crm": CrmChanged(at, status_changed=True),
               "crm_resp": CrmChanged(at, responsible=cb.manager), "fail": CrmFailed(at, cb.epoch),
-              "done": CrmDone(at, cb.epoch)}.get(name)
+              "done": CrmDone(at, cb.epoch), "done_seen": CrmDone(at, cb.epoch, LeadSeen("NEW", 5), 100 + cb.epoch),
+              "read": CrmChanged(at, seen=LeadSeen("NEW", cb.crm_user), epoch=cb.epoch),
+              "read_moved": CrmChanged(at, seen=LeadSeen("WON", cb.crm_user), epoch=cb.epoch),
+              "read_taken": CrmChanged(at, seen=LeadSeen("NEW", 7), epoch=cb.epoch, who="Olga"),
+              "read_gone": CrmChanged(at, seen=LeadSeen(found=False), epoch=cb.epoch),
+              "hint_moved": CrmChanged(at, seen=LeadSeen("LOST", 0)),
+              "read_stale": CrmChanged(at, seen=LeadSeen("NEW", 0), epoch=cb.epoch - 1)}.get(name)
         if ev is None:
             team.free = [] if name == "nobody" else ["Ivan", "Petr", "Anna"]
             continue
@@ -213,11 +244,22 @@ def test_random_inputs_keep_the_invariants(script: list[tuple[str, float]], seed
         cb = s.callback
         if before.state in TERMINAL:
             assert cb == before and not s.actions  # terminal stays terminal
+        if cb.handoffs > before.handoffs or (cb.state is State.ESCALATED and before.state is not State.ESCALATED):
+            # A hand-on (or the escalation) only on the answer to the read of this very step, and only
+            # when it found the lead untouched; or when someone became free for a hand-on already decided.
+            if isinstance(ev, CrmChanged):
+                assert before.crm_pending == "check" and ev.epoch == before.epoch and not crm_verdict(before, ev)
+            else:
+                assert isinstance(ev, Freed) and before.reason == "handoff_waiting"
         if cb.handoffs > before.handoffs:
-            assert isinstance(ev, TimerDue | Freed) and cb.handoffs == before.handoffs + 1
+            assert cb.handoffs == before.handoffs + 1
             hand_ons_per_due[before.due] = hand_ons_per_due.get(before.due, 0) + 1
             assert hand_ons_per_due[before.due] == 1  # never two hand-ons for one due time
         assert cb.handoffs <= CFG.max_handoffs
+        if isinstance(ev, TimerDue):
+            assert cb.handoffs == before.handoffs  # a timer only ever asks for the read first
+        if isinstance(ev, CrmChanged) and crm_verdict(before, ev) and before.state not in TERMINAL:
+            assert cb.state is State.CLOSED_IN_CRM and not s.actions  # a change in the CRM: closed, nothing sent
         if cb.due is not None:
             assert cb.state in {State.WAITING, State.ASSIGNED, State.HANDED_ON, State.ESCALATED}
         assert Callback.from_row(cb.to_row()) == cb  # every transition can be stored and resumed
@@ -234,3 +276,93 @@ def test_a_crm_failure_after_the_call_back_rearms_nothing() -> None:
     cb = step(cb, Attempt(T0, "Ivan", False), ctx(team)).callback
     s = step(cb, CrmFailed(T0, cb.epoch), ctx(team))
     assert s.callback.state is State.ATTEMPTED and s.callback.due is None and not s.actions
+
+
+# --- the read of the lead before a hand-on (the CRM side of issue 16) --------------------------------
+
+
+def assigned_in_crm(team: Team, status: str = "NEW") -> Callback:
+    """Assigned, and the CRM confirmed it: the lead read ``status`` then, callguard set user 101."""
+    cb = step(fresh(), LeadOpened(T0), ctx(team)).callback
+    return step(cb, CrmDone(T0 + 1, cb.epoch, LeadSeen(status, 504141), 101), ctx(team)).callback
+
+
+def test_the_pause_ends_with_a_read_of_the_lead_not_a_hand_on() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    assert (cb.crm_status, cb.crm_user, cb.crm_epoch) == ("NEW", 101, cb.epoch)
+    s = step(cb, TimerDue(cb.due), ctx(team))  # type: ignore[arg-type]
+    assert [a.kind for a in s.actions] == ["check"] and s.callback.crm_pending == "check"
+    assert s.callback.state is State.ASSIGNED and s.callback.handoffs == 0 and s.callback.epoch == cb.epoch
+    again = step(s.callback, TimerDue(cb.due), ctx(team))  # type: ignore[arg-type]
+    assert again.actions == ()  # the same due again: nothing more
+
+
+def test_status_changed_in_the_crm_during_the_pause_closes_it_no_hand_on() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    checking = step(cb, TimerDue(cb.due), ctx(team)).callback  # type: ignore[arg-type]
+    s = step(checking, CrmChanged(checking.due, seen=LeadSeen("IN_PROCESS", 101), epoch=cb.epoch), ctx(team))  # type: ignore[arg-type]
+    assert s.callback.state is State.CLOSED_IN_CRM and s.callback.reason == "crm_status" and s.actions == ()
+    assert s.callback.handoffs == 0 and s.callback.assignees == cb.assignees
+
+
+def test_responsible_changed_by_hand_closes_it_and_says_who() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    checking = step(cb, TimerDue(cb.due), ctx(team)).callback  # type: ignore[arg-type]
+    s = step(checking, CrmChanged(T0 + PAUSE, seen=LeadSeen("NEW", 7), epoch=cb.epoch, who="Olga"), ctx(team))
+    assert s.callback.state is State.CLOSED_IN_CRM and s.callback.reason == "crm_responsible"
+    assert s.callback.by == "Olga" and s.actions == ()
+
+
+def test_unchanged_lead_hands_on_once() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    checking = step(cb, TimerDue(cb.due), ctx(team)).callback  # type: ignore[arg-type]
+    answer = CrmChanged(T0 + PAUSE, seen=LeadSeen("NEW", 101), epoch=cb.epoch)
+    s = step(checking, answer, ctx(team))
+    assert s.callback.state is State.HANDED_ON and s.callback.handoffs == 1 and s.callback.manager != cb.manager
+    assert [a.kind for a in s.actions][:2] == ["assign", "create_task"]
+    assert step(s.callback, answer, ctx(team)).callback == s.callback  # the same answer again: stale
+
+
+def test_a_deleted_lead_closes_it() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    checking = step(cb, TimerDue(cb.due), ctx(team)).callback  # type: ignore[arg-type]
+    s = step(checking, CrmChanged(T0 + PAUSE, seen=LeadSeen(found=False), epoch=cb.epoch), ctx(team))
+    assert s.callback.state is State.CLOSED_IN_CRM and s.callback.reason == "crm_lead_gone"
+
+
+def test_crm_read_down_delays_the_hand_on_then_exactly_one() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    checking = step(cb, TimerDue(cb.due), ctx(team)).callback  # type: ignore[arg-type]
+    at = checking.due
+    for _ in range(3):  # the read fails: the same read again after crm_retry, never a hand-on
+        failed = step(checking, CrmFailed(at, cb.epoch), ctx(team))
+        assert [a.detail for a in failed.actions] == ["crm_read_retry"] and failed.callback.handoffs == 0
+        at = failed.callback.due  # type: ignore[assignment]
+        s = step(failed.callback, TimerDue(at), ctx(team))
+        assert [a.kind for a in s.actions] == ["check"] and s.callback.epoch == cb.epoch
+        checking = s.callback
+    done = step(checking, CrmChanged(at + 1, seen=LeadSeen("NEW", 101), epoch=cb.epoch), ctx(team))
+    assert done.callback.handoffs == 1 and [a.kind for a in done.actions].count("assign") == 1
+
+
+def test_a_webhook_hint_closes_at_once_and_an_unchanged_one_does_nothing() -> None:
+    team = Team("Ivan", "Petr")
+    cb = assigned_in_crm(team)
+    same = step(cb, CrmChanged(T0 + 30, seen=LeadSeen("NEW", 101)), ctx(team))
+    assert same.callback == cb and same.actions == ()
+    moved = step(cb, CrmChanged(T0 + 30, seen=LeadSeen("CONVERTED", 101)), ctx(team))
+    assert moved.callback.state is State.CLOSED_IN_CRM and moved.callback.closed_at == T0 + 30
+
+
+def test_the_responsible_is_not_compared_before_the_crm_confirmed_the_assignment() -> None:
+    # our PATCH may not have happened yet: the CRM still shows the lead's old responsible
+    team = Team("Ivan", "Petr")
+    cb = step(fresh(), LeadOpened(T0), ctx(team)).callback
+    s = step(cb, CrmChanged(T0 + 2, seen=LeadSeen("", 504141)), ctx(team))
+    assert s.callback == cb
