@@ -7,7 +7,9 @@
 - ``callguard run`` SIGKILLed as the queue gives up (QueueCallerAbandon: the hang-up follows within ms,
   callguard never sees it) and right after the caller's hang-up, then started again.
 The logs are checked for which path made the lead, so a test that did not reach its gap says so.
-Each time the call is a queue timeout; exactly one ``missed_call`` line for its Linkedid, reason included.
+Each time the call is a queue timeout; exactly one line for its Linkedid in the log sink's leads file
+(``leads.jsonl`` beside the store: the sink's durable record, one line per lead even across a SIGKILL),
+reason included.
 """
 
 from __future__ import annotations
@@ -32,15 +34,11 @@ def _sessions(lab: Lab) -> list[str]:
     return re.findall(r"^\s*callguard\s+127\.0\.0\.1\s+\d+\s+\d+\s+(\d+)", out, re.M)
 
 
-def _leads(logs: list[Path], lid: str) -> list[dict[str, object]]:
-    found = []
-    for log in logs:
-        for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
-            if '"missed_call"' in line and lid in line and line.startswith("{"):
-                event = json.loads(line)
-                if event.get("event") == "missed_call" and event.get("linkedid") == lid:
-                    found.append(event)
-    return found
+def _leads(leads_file: Path, lid: str) -> list[dict[str, object]]:
+    if not leads_file.exists():
+        return []
+    lines = leads_file.read_text(errors="replace").splitlines()
+    return [doc for doc in map(json.loads, lines) if doc.get("linkedid") == lid]
 
 
 async def _until(check: Callable[[], bool], within: float = 30.0) -> None:
@@ -67,10 +65,10 @@ async def _hangup(ami: Ami, lid: str, start: int) -> None:
                        within=40, start=start)
 
 
-async def _one_lead(logs: list[Path], lid: str) -> None:
-    await _until(lambda: len(_leads(logs, lid)) >= 1)
+async def _one_lead(leads_file: Path, lid: str) -> None:
+    await _until(lambda: len(_leads(leads_file, lid)) >= 1)
     await asyncio.sleep(1.5)  # a second one would come within the outbox's poll: none may
-    (lead,) = _leads(logs, lid)
+    (lead,) = _leads(leads_file, lid)
     assert lead["reason"] == "timeout" and lead["caller"] == "+15551230002" and lead["did"] == "5551000"
 
 
@@ -96,10 +94,10 @@ async def test_kicked_manager_session_still_gives_one_lead(
         await asyncio.sleep(3.7)  # the queue's timeout is 4 s: the call ends while callguard reconnects
     lab.rx(f"manager kick session {fd}")
     await _hangup(ami, lid, start)
-    await _one_lead([svc.log], lid)
+    await _one_lead(tmp_path / "leads.jsonl", lid)
     text = svc.log.read_text()
     assert "ami_link_lost" in text and text.count('"ami_logged_in"') >= 2
-    (lead,) = _leads([svc.log], lid)
+    (lead,) = _leads(tmp_path / "leads.jsonl", lid)
     assert lead["reconciled"] is True  # its events were cut: Asterisk's record made it
 
 
@@ -123,6 +121,6 @@ async def test_sigkill_at_the_end_of_a_call_gives_one_lead(
     await _hangup(ami, lid, start)
     again = service_factory(config)
     again.wait_listening(lab.agi_port)
-    await _one_lead([svc.log, again.log], lid)
+    await _one_lead(tmp_path / "leads.jsonl", lid)
     if when == "at_abandon":
-        assert _leads([svc.log, again.log], lid)[0]["reconciled"] is True
+        assert _leads(tmp_path / "leads.jsonl", lid)[0]["reconciled"] is True
