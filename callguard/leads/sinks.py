@@ -26,6 +26,7 @@ import structlog
 from callguard.config import Config, WebhookSinkConfig, log_file_of
 from callguard.crm.http import classify
 from callguard.errors import CrmUnavailableError, RateLimitedError, SinkError
+from callguard.leads import describe
 from callguard.leads.leadfile import LeadFile, line_of
 from callguard.leads.model import Delivery, LeadSink, MissedCall
 
@@ -88,8 +89,10 @@ class WebhookSink:
         return self._session
 
     def document(self, call: MissedCall) -> dict[str, Any]:
+        """The call's facts, and what a CRM lead would say of it (leads/describe.py) for a receiver that
+        forwards it to people (a chat, a mail)."""
         return {"type": "missed_call", "sent_at": round(time.time(), 3), "call": call.to_json(),
-                "repeat": bool(call.open_lead_ref)}
+                "repeat": bool(call.open_lead_ref), "title": describe.title(call), "text": describe.text(call)}
 
     async def deliver(self, call: MissedCall) -> Delivery:
         body = json.dumps(self.document(call), ensure_ascii=False, separators=(",", ":")).encode()

@@ -5,7 +5,8 @@
 - kicked just before the call ends (3.7 s into the queue's 4 s), so it ends during the outage and its
   end's events never reach callguard (the reconnect takes ≥ 0.5 s);
 - ``callguard run`` SIGKILLed as the queue gives up (QueueCallerAbandon: the hang-up follows within ms,
-  callguard never sees it) and right after the caller's hang-up, then started again.
+  callguard never sees it) and right after the caller's hang-up, then started again; the latter for every
+  sink (log, webhook, the strict amoCRM and Bitrix24 fakes).
 The logs are checked for which path made the lead, so a test that did not reach its gap says so.
 Each time the call is a queue timeout; exactly one line for its Linkedid in the log sink's leads file
 (``leads.jsonl`` beside the store: the sink's durable record, one line per lead even across a SIGKILL),
@@ -25,6 +26,7 @@ import pytest
 
 from tests.live.conftest import Service
 from tests.live.lab import Ami, Lab, callguard_config
+from tests.sinks_support import Sink, outbox_toml
 
 pytestmark = pytest.mark.live
 
@@ -124,3 +126,30 @@ async def test_sigkill_at_the_end_of_a_call_gives_one_lead(
     await _one_lead(tmp_path / "leads.jsonl", lid)
     if when == "at_abandon":
         assert _leads(tmp_path / "leads.jsonl", lid)[0]["reconciled"] is True
+
+
+@pytest.mark.parametrize("sink", ["webhook", "amocrm", "bitrix24"])
+async def test_sigkill_after_the_hangup_gives_one_lead_that_says_why_in_every_sink(
+    tmp_path: Path, lab: Lab, ami: Ami, service_factory: Callable[..., Service], sink: str,
+) -> None:
+    far = Sink(sink, tmp_path)
+    base = await far.start()
+    try:
+        mine = _sessions(lab)
+        config = callguard_config(tmp_path, lab, ami=True, extra=outbox_toml(sink, base, tmp_path / "leads.jsonl"))
+        svc = service_factory(config)
+        svc.wait_listening(lab.agi_port)
+        await _started(lab, svc, mine)
+        lid, start = await _call(ami, f"sink-{sink}")
+        await _hangup(ami, lid, start)
+        svc.proc.send_signal(signal.SIGKILL)
+        svc.proc.wait(5)
+        again = service_factory(config)
+        again.wait_listening(lab.agi_port)
+        await _until(lambda: far.delivered()[lid] >= 1)
+        await asyncio.sleep(1.5)  # a second one would come within the outbox's poll: none may
+        assert far.delivered()[lid] == 1 and far.errors() == []
+        words = far.words_of(lid)
+        assert "(timeout)" in words and "+15551230002" in words, words
+    finally:
+        await far.stop()

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import json
 import os
 import random
 import signal
@@ -36,10 +35,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from aiohttp import web
 
 from callguard.calls.records import bucket_of
-from tests.fakes.amocrm import FakeAmo
 from tests.fakes.asterisk_ami import (
     FakeAsterisk,
     Script,
@@ -48,14 +45,13 @@ from tests.fakes.asterisk_ami import (
     recorded_astdb,
     relabel,
 )
-from tests.fakes.bitrix24 import FakeBitrix
 from tests.loopback.test_resync import LIDS
+from tests.sinks_support import SINKS, Sink, outbox_toml
 
 KILLS = int(os.environ.get("CALLGUARD_TEST_KILLS", "12"))
 SCENARIO = "s04_caller_abandon"
 RECORD = next(v for k, v in recorded_astdb().items() if k.endswith("/" + LIDS[SCENARIO]))
 CALLER = "+15551230003"  # the recorded caller (s04)
-CRM_DELAY = 0.05  # the CRM fakes answer a create this long after making it
 WINDOWS = ("before_record", "recorded", "claimed", "in_sink_uncommitted", "after")
 
 
@@ -81,25 +77,12 @@ def _round(tag: str, caller: str) -> tuple[str, bytes, dict[str, str]]:
     return lid, body, {f"/callguard/calls/{bucket_of(float(fields[3]))}/{lid}": "|".join(fields)}
 
 
-def _crm_toml(sink: str, base: str) -> str:
-    common = '[crm]\nretry_base = "10ms"\ntimeout = "2s"\nmax_retries = 6\n'
-    if sink == "amocrm":
-        return (common + f'kind = "amocrm"\n[crm.amocrm]\nbase_url = "{base}"\ntoken = "amo-token"\n'
-                'spam_field = "Спам"\nrate_rps = 50.0\nwebhook_secret = "hook-secret"\naccount_id = 28805383\n')
-    return (common + f'kind = "bitrix24"\n[crm.bitrix24]\nwebhook_url = "{base}/rest/1/b24-secret/"\n'
-            'spam_field = "UF_CRM_SPAM"\nrate_rps = 100.0\nrate_burst = 20\napplication_token = "app-token"\n'
-            'register_call = true\n')
-
-
 def _config(tmp: Path, ami_port: int, sink: str, base: str) -> Path:
     path = tmp / "callguard.toml"
-    kind = sink if sink in ("log", "webhook") else "crm"
     path.write_text(
         f'[store]\npath = "{tmp / "cg.sqlite3"}"\n[agi]\nport = {_free_port()}\n[web]\nenabled = false\n'
         f'[ami]\nenabled = true\nport = {ami_port}\nsecret = "secret"\nreconnect_min = "100ms"\n'
-        f'[log]\nformat = "json"\n[outbox]\nsink = "{kind}"\npoll_interval = "50ms"\nbackoff_base = "100ms"\n'
-        f'log_file = "{tmp / "leads.jsonl"}"\n[outbox.webhook]\nurl = "{base}/lead"\n'
-        + (_crm_toml(sink, base) if kind == "crm" else "")
+        f'[log]\nformat = "json"\n' + outbox_toml(sink, base, tmp / "leads.jsonl")
     )
     return path
 
@@ -128,76 +111,6 @@ async def _kill_point(rng: random.Random, spread: float, arrived: Callable[[], b
     return kind
 
 
-class Sink:
-    """The far end of one sink kind, and its count of deliveries per Linkedid (by the sink's own key)."""
-
-    def __init__(self, kind: str, tmp: Path) -> None:
-        self.kind = kind
-        self.leads_file = tmp / "leads.jsonl"
-        self.keys: Counter[str] = Counter()  # webhook: POSTs per Idempotency-Key
-        self.amo = FakeAmo(rps=50) if kind == "amocrm" else None
-        self.b24 = FakeBitrix(rate=20.0, burst=50) if kind == "bitrix24" else None
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> str:
-        if self.amo is not None:
-            self.amo.slow_reply("POST /api/v4/leads", CRM_DELAY)  # unsorted/sip and notes
-            return await self.amo.start()
-        if self.b24 is not None:
-            self.b24.slow_reply("crm.lead.add", CRM_DELAY)
-            self.b24.slow_reply("crm.timeline.comment.add", CRM_DELAY)
-            return await self.b24.start()
-        app = web.Application()
-        app.router.add_post("/lead", self._hook)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        return f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"  # type: ignore[union-attr]
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        self.keys[request.headers["Idempotency-Key"]] += 1
-        await asyncio.sleep(0.02)  # the receiver has it; the sender learns a little later
-        return web.json_response({"id": f"hook-{request.headers['Idempotency-Key']}"})
-
-    async def stop(self) -> None:
-        for fake in (self.amo, self.b24):
-            if fake is not None:
-                await fake.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-    def delivered(self) -> Counter[str]:
-        """Linkedid → how many leads/notes/lines/distinct keys the sink holds for it."""
-        seen: Counter[str] = Counter()
-        if self.kind == "log" and self.leads_file.exists():
-            for line in self.leads_file.read_text(errors="replace").splitlines():
-                seen[json.loads(line)["linkedid"]] += 1  # every line must be valid JSON: no torn lines
-        elif self.kind == "webhook":
-            seen.update(self.keys.keys())  # distinct keys; raw repeats are in self.keys
-        elif self.amo is not None:
-            seen.update(u["metadata"].get("uniq") for u in self.amo.unsorted)
-            seen.update(lid for lead in self.amo.leads.values() for t in lead["tags"]
-                        if (lid := t.removeprefix("callguard:")) != t)
-            seen.update(n["params"].get("uniq") for n in self.amo.notes)
-        elif self.b24 is not None:
-            seen.update(lead.get("ORIGIN_ID") for lead in self.b24.leads.values())
-            seen.update(c["COMMENT"].rsplit("[callguard:", 1)[1].rstrip("]") for c in self.b24.comments
-                        if "[callguard:" in c["COMMENT"])
-        seen.pop(None, None)  # type: ignore[call-overload]
-        return seen
-
-    def leads_and_notes(self) -> tuple[int, int]:
-        if self.amo is not None:
-            return len(self.amo.unsorted), len(self.amo.notes)
-        if self.b24 is not None:
-            return len(self.b24.leads), len(self.b24.comments)
-        return 0, 0
-
-    def errors(self) -> list[str]:
-        return [*(self.amo.errors if self.amo else []), *(self.b24.errors if self.b24 else [])]
-
-
 def _outbox_states(db: Path) -> dict[str, str]:
     if not db.exists():
         return {}
@@ -218,7 +131,7 @@ def _window(state: str | None, in_sink: bool) -> str:
     return {None: "before_record", "sending": "claimed"}.get(state, "recorded")
 
 
-@pytest.mark.parametrize("sink", ["log", "webhook", "amocrm", "bitrix24"])
+@pytest.mark.parametrize("sink", SINKS)
 async def test_sigkill_between_hangup_and_delivery_loses_and_doubles_nothing(tmp_path: Path, sink: str) -> None:
     far = Sink(sink, tmp_path)
     base = await far.start()
