@@ -1,5 +1,6 @@
 """Benchmark (not a test): the call-back loop's memory and CPU with many open call-backs, and the time
-from an outbound DialBegin frame to the attempt being recorded (detect + loop, in-process).
+from an outbound DialBegin frame to the attempt being recorded: in-process (detect + book), then through
+the running driver over a loopback AMI socket to the commit in a store on disk.
 
     .venv/bin/python scripts/bench_callbacks.py [--open 10000] [--frames 20000]
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import random
 import resource
 import statistics
@@ -15,9 +17,11 @@ import sys
 import time
 import tracemalloc
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from callguard import log as cglog
 from callguard.ami.wire import Frame, parse_stream
 from callguard.callbacks.book import CallbackBook
 from callguard.callbacks.detect import AttemptDetector
@@ -114,10 +118,58 @@ def bench_dial_to_record(book: CallbackBook, presence: Presence) -> None:
           f"p99 {p99 / 1e3:.1f} µs, max {samples[-1] / 1e3:.1f} µs ({len(samples)} dials)")
 
 
-async def _loopback(n_open: int, dials: int) -> tuple[list[float], float, float]:
-    """The running driver with ``n_open`` open call-backs in a store on disk; a fake Asterisk on a loopback
-    socket sends the recorded s18 DialBegin (relabelled per dial); timed from the write of its bytes to the
-    commit that records the attempt. Returns (samples in s, tracemalloc-free RSS delta MB, CPU s of opening)."""
+def _rss_mb() -> float:
+    """The resident set now (ru_maxrss is a high-water mark: it cannot show a later phase's growth)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+
+
+def _ms(samples: list[float]) -> str:
+    samples = sorted(samples)
+    return (f"median {statistics.median(samples) * 1e3:.2f} ms, p99 {samples[int(len(samples) * 0.99)] * 1e3:.2f} ms, "
+            f"max {samples[-1] * 1e3:.2f} ms")
+
+
+async def _seed_leads(store: Any, n_open: int) -> None:
+    """``n_open`` delivered leads (outbox ``sent``), one a second up to T0, in one transaction (setup)."""
+    async with store.db.write() as conn:
+        await conn.executemany(
+            "INSERT INTO outbox(linkedid, payload, state, attempts, next_at, crm_ref, created_at, updated_at) "
+            "VALUES (?, ?, 'sent', 1, 0, ?, ?, ?)",
+            [(f"17961.{i}", f'{{"linkedid":"17961.{i}","caller":"+7903{i:07d}","did":"5551000",'
+              f'"ended_at":{T0 - n_open + i}}}', str(i), T0 - n_open + i, T0 - n_open + i + 0.5)
+             for i in range(n_open)])
+
+
+async def _dial(d: Any, rows: Any, writer: Any, begin: Frame, n_open: int, dials: int) -> list[float]:
+    """``dials`` DialBegin frames to customers spread over the open call-backs; write → committed, in s."""
+    samples = []
+    for i in range(0, n_open, max(1, n_open // dials))[:dials]:
+        frame = {**begin, "Exten": f"8903{i:07d}", "Uniqueid": f"b.{i}", "DestUniqueid": f"b.{i}.d"}
+        data = "".join(f"{k}: {v}\r\n" for k, v in frame.items()).encode() + b"\r\n"
+        t = time.perf_counter()
+        writer.write(data)
+        while True:
+            seen = d.saves  # a commit during the read below is seen here, never waited for
+            rec = await rows.get(f"17961.{i}")
+            if rec is not None and rec.state == "attempted":
+                break
+            if d.saves == seen:
+                d.saved.clear()
+                await d.saved.wait()
+        samples.append(time.perf_counter() - t)
+    return samples
+
+
+async def _loopback(n_open: int, dials: int) -> None:
+    """The running driver with ``n_open`` open call-backs in a store on disk.
+
+    1. ``pump()`` takes the delivered leads in (200 a pass, as the timer does), CRM steps done inline.
+    2. A restart: a fresh driver ``start()``s and loads the open rows (its memory: tracemalloc, RSS).
+    3. A fake Asterisk on a loopback socket sends the recorded s18 DialBegin (relabelled per dial); timed
+       from the write of its bytes to the commit that records the attempt (read back from the store).
+    4. The timer's per-tick and per-poll work at that size (CPU), and the CPU of the whole process per frame.
+    """
     import asyncio
     import tempfile
 
@@ -132,66 +184,92 @@ async def _loopback(n_open: int, dials: int) -> tuple[list[float], float, float]
     cfg = CallbackConfig(enabled=True, max_handoffs=3, managers=[
         ManagerConfig(name="Ivan", crm_user_id=101, devices=["Local/101@agents"], days=ALL_DAY),
         ManagerConfig(name="Petr", crm_user_id=102, devices=["Local/102@agents"], days=ALL_DAY)])
-    tmp = tempfile.mkdtemp()
-    store = await Store.open(f"{tmp}/bench.sqlite3")
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    async with store.db.write() as conn:  # n_open delivered leads, in one transaction (setup, not timed)
-        for i in range(n_open):
-            lid = f"17961.{i}"
-            payload = f'{{"linkedid":"{lid}","caller":"+7903{i:07d}","did":"5551000","ended_at":{T0 + i * 0.01}}}'
-            await conn.execute("INSERT INTO outbox(linkedid, payload, state, attempts, next_at, crm_ref, created_at, "
-                               "updated_at) VALUES (?, ?, 'sent', 1, 0, ?, ?, ?)", (lid, payload, str(i), T0, T0))
-
+    roster = parse_roster(cfg)
+    store = await Store.open(f"{tempfile.mkdtemp()}/bench.sqlite3")
+    await _seed_leads(store, n_open)
     clock = Clock(T0 + 1)
-    d = CallbackDriver(cfg, parse_roster(cfg), Callbacks(store.db), RecordingCrm(), clock=clock,
-                       rng=random.Random(1), poll_s=3600)
-    d.on_event(member("Agent101", "Local/101@agents"), clock.t)
-    cpu = time.process_time()
+
+    def driver() -> CallbackDriver:
+        d = CallbackDriver(cfg, roster, Callbacks(store.db), RecordingCrm(), clock=clock, rng=random.Random(1),
+                           poll_s=3600)
+        d.on_event(member("Agent101", "Local/101@agents"), clock.t)
+        return d
+
+    statements = [0]
+
+    def counted(_sql: str) -> None:
+        statements[0] += 1
+
+    for conn in (store.db.reader, store.db._writer):
+        await conn.set_trace_callback(counted)
+    d = driver()
     await d.load()
+    t, cpu, passes = time.perf_counter(), time.process_time(), 0
     while len(d.book) < n_open:
-        await d.intake(clock.t)  # 200 leads a pass, as the timer takes them
-        await d.flush()  # persisted with their CRM steps pending: start() below redoes them, as a restart
-    cpu = time.process_time() - cpu
-    rss = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss0) / 1024
+        await d.pump(clock.t)
+        passes += 1
+    print(f"pump: {n_open} leads taken in, {passes} passes, {time.perf_counter() - t:.2f} s "
+          f"(CPU {time.process_time() - cpu:.2f} s), {d.saves} commits, {statements[0]} SQL statements")
+    for conn in (store.db.reader, store.db._writer):
+        await conn.set_trace_callback(None)
+
+    gc.collect()
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    probe = driver()
+    await probe.load()
+    mem = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    del probe
+    gc.collect()
+    rss0 = _rss_mb()
+    d = driver()
+    t = time.perf_counter()
+    await d.start()  # the restart: every open row loaded, timers resumed
+    print(f"restart: {len(d.book)} open loaded in {(time.perf_counter() - t) * 1e3:.0f} ms; the loop's state "
+          f"tracemalloc {mem / 1e6:.2f} MB ({mem / max(1, n_open):.0f} B each), RSS +{_rss_mb() - rss0:.1f} MB "
+          f"(now {_rss_mb():.0f} MB)")
+
     frames = parse_stream((TRACES / "s18_callback_answered.ami.txt").read_bytes())[1]
     begin = next(f for f in frames if f.get("Event") == "DialBegin" and f.get("Channel"))
     fake = await FakeAsterisk([Script(body=b"")]).start()
     client = AmiClient(loopback_cfg(Config(), fake.port).ami, d.on_event)
     await client.start()
-    await d.start()  # a restart: loads the open rows, the CRM worker redoes their 10,000 assignments
     while not fake._writers or not client.connected:  # noqa: ASYNC110 - setup only: the link comes up
         await asyncio.sleep(0.01)
     writer = next(iter(fake._writers))
-    rows = Callbacks(store.db)
-    samples = []
-    step = max(1, n_open // dials)
-    for i in range(0, n_open, step)[:dials]:
-        frame = {**begin, "Exten": f"8903{i:07d}", "Uniqueid": f"b.{i}", "DestUniqueid": f"b.{i}.d"}
-        data = "".join(f"{k}: {v}\r\n" for k, v in frame.items()).encode() + b"\r\n"
-        d.saved.clear()
-        t = time.perf_counter()
-        writer.write(data)
-        while (rec := await rows.get(f"17961.{i}")) is None or rec.state != "attempted":
-            d.saved.clear()
-            await d.saved.wait()
-        samples.append(time.perf_counter() - t)
+    cpu = time.process_time()
+    samples = await _dial(d, Callbacks(store.db), writer, begin, n_open, dials)
+    per_dial = (time.process_time() - cpu) / len(samples)
+    print(f"DialBegin over loopback AMI → attempt committed ({n_open} open): {_ms(samples)} ({len(samples)} dials); "
+          f"process CPU {per_dial * 1e3:.2f} ms per frame (AMI read, detect, step, commit, the bench's read-back)")
     await client.stop()
     await d.stop()
     await fake.stop()
-    await store.close()
 
-    return samples, rss, cpu
+    now = clock.t
+    reps = 1000
+    cpu = time.process_time()
+    for _ in range(reps):
+        d.book.tick(now)
+    tick = (time.process_time() - cpu) / reps
+    cpu = time.process_time()
+    for _ in range(20):
+        await d.intake(now)
+    poll = (time.process_time() - cpu) / 20
+    cpu = time.process_time()
+    for _ in range(20):
+        d._sweep_sla(now)
+    sweep = (time.process_time() - cpu) / 20
+    print(f"timer at {len(d.book)} open: tick (nothing due) {tick * 1e6:.1f} µs; each store poll (driver POLL_S, "
+          f"1 s): intake {poll * 1e3:.2f} ms + SLA sweep {sweep * 1e3:.2f} ms CPU")
+    await store.close()
 
 
 def bench_loopback(n_open: int, dials: int = 200) -> None:
     import asyncio
 
-    samples, rss, cpu = asyncio.run(_loopback(n_open, dials))
-    samples.sort()
-    print(f"driver: {n_open} open call-backs taken in from the store: CPU {cpu:.2f} s, max RSS +{rss:.0f} MB")
-    print(f"DialBegin over loopback AMI → attempt committed in the store ({n_open} open): "
-          f"median {statistics.median(samples) * 1e3:.2f} ms, p99 {samples[int(len(samples) * 0.99)] * 1e3:.2f} ms, "
-          f"max {samples[-1] * 1e3:.2f} ms ({len(samples)} dials)")
+    asyncio.run(_loopback(n_open, dials))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--managers", type=int, default=20)
     ap.add_argument("--frames", type=int, default=20_000)
     args = ap.parse_args(argv)
+    cglog.configure("json", "warning", io.StringIO())  # the loop's info lines are not the benchmark's output
     cfg, presence = setup(args.managers)
     cpu0 = time.process_time()
     book, elapsed, mem = open_many(args.open, cfg, presence)

@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import io
 import time
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
 from zoneinfo import ZoneInfo
 
 from callguard.cli.storeopen import open_store
 from callguard.config import Config
 from callguard.errors import ConfigError
-from callguard.store.stats import GroupBy, Report, Row, window_start
+from callguard.store.callback_stats import CallbackFigures, Group
+from callguard.store.stats import GroupBy, Report, Row, callback_sla, window_start
 from callguard.textsafe import dumps, visible
 
 
@@ -40,7 +39,7 @@ async def collect(cfg: Config, since_s: float | str, by: GroupBy | None, now: fl
     since = window_start(since_s, now, tz) if isinstance(since_s, str) else now - since_s
     store = await open_store(cfg, readonly=True)
     try:
-        return await store.stats.report(since, now, by, tz)
+        return await store.stats.report(since, now, by, tz, callback_sla=callback_sla(cfg))
     finally:
         await store.close()
 
@@ -58,44 +57,29 @@ def since_spec(value: str) -> str:
 
 
 def handle(args: argparse.Namespace, cfg: Config) -> int:
-    now = time.time()
-    report = asyncio.run(collect(cfg, args.since, args.by, now))
-    callbacks = asyncio.run(collect_callbacks(cfg, report.since, report.until))
+    report = asyncio.run(collect(cfg, args.since, args.by, time.time()))
     if args.json:
-        print(dumps(report.as_dict() | {"callbacks": callbacks}))
+        print(dumps(report.as_dict()))
     else:
-        text = render(report, cfg.hours.timezone) + render_callbacks(callbacks)
+        text = render(report, cfg.hours.timezone) + render_callbacks(report.callbacks)
         print("\n".join(visible(line) for line in text.split("\n")))
     return 0
 
 
-async def collect_callbacks(cfg: Config, since: float, until: float) -> dict[str, Any]:
+def render_callbacks(cb: CallbackFigures | None) -> str:
     """Time to call-back (median, p90), the share within ``callback.sla``, per manager and per DID."""
-    from callguard.callbacks.report import figures
-    from callguard.store.callbacks import Callbacks
-
-    store = await open_store(cfg, readonly=True, stream=io.StringIO())  # named once already, by collect()
-    try:
-        return figures(await Callbacks(store.db).in_window(since, until), float(cfg.callback.sla))
-    finally:
-        await store.close()
-
-
-def render_callbacks(cb: dict[str, Any]) -> str:
-    t = cb["total"]
-    if not t["misses"]:
+    if cb is None or not cb.total.misses:
         return ""
-    head = ["call-backs", "misses", "called back", "never", "median", "p90", f"≤ SLA {cb['sla_s']:.0f}s",
-            "reached", "got through", "CRM closed", "open", "hand-ons"]
+    head = ["call-backs", "misses", "called back", "never", "median", "p90", f"≤ SLA {cb.sla_s:.0f}s",
+            "reached", "got through", "CRM closed", "open", "escalated", "hand-ons"]
 
-    def line(f: dict[str, Any], key: str) -> list[object]:
-        return [key, f["misses"], f["called_back"], f["never_called_back"], _secs(f["median_s"]), _secs(f["p90_s"]),
-                _pct(f["within_sla_share"]), f["reached"], f["got_through"], f["closed_in_crm"], f["open"],
-                f["handoffs"]]
+    def line(g: Group, key: str) -> list[object]:
+        return [key, g.misses, g.called_back, g.never_called_back, _secs(g.median_s), _secs(g.p90_s),
+                _pct(g.within_sla_share), g.reached, g.got_through, g.closed_in_crm, g.open, g.escalated, g.handoffs]
 
-    rows = [line(f, f"manager {f['key']}") for f in cb["by_manager"]]
-    rows += [line(f, f"DID {f['key']}") for f in cb["by_did"]]
-    return "\n\n" + table(head, [*rows, line(t, "total")], numbers=False)
+    rows = [line(g, f"manager {g.key}") for g in cb.by_manager]
+    rows += [line(g, f"DID {g.key}") for g in cb.by_did]
+    return "\n\n" + table(head, [*rows, line(cb.total, "total")], numbers=False)
 
 
 # --- the readable form --------------------------------------------------------------------------
@@ -164,7 +148,7 @@ def render(report: Report, tz_name: str) -> str:
 
 
 def _extras(report: Report) -> list[str]:
-    """Most-blocked callers, the outbox now, and the call-back figures when the report has them."""
+    """Most-blocked callers, the outbox now, and the call-back summary when the report has it."""
     out: list[str] = []
     if report.top_blocked:
         out += ["", table(["most blocked", "calls", "note / contact"],
@@ -173,6 +157,8 @@ def _extras(report: Report) -> list[str]:
     out += ["", f"outbox now: {o.pending} waiting (oldest {_secs(o.oldest_age_s) or '-'}), {o.dead} dead letters"]
     cb = report.callbacks
     if cb is not None:
-        out.append(f"call-backs: {cb.called_back} (median {_secs(cb.median_s) or '-'}, p90 {_secs(cb.p90_s) or '-'}, "
-                   f"within SLA {_pct(cb.within_sla_share) or '-'}), {len(cb.open)} not called back yet")
+        t = cb.total
+        out.append(f"call-backs: {t.called_back} of {t.misses} misses (median {_secs(t.median_s) or '-'}, "
+                   f"p90 {_secs(t.p90_s) or '-'}, within SLA {_pct(t.within_sla_share) or '-'}), "
+                   f"{cb.waiting_total} not called back yet")
     return out

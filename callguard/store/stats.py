@@ -7,20 +7,22 @@ dialled, i.e. the advertising source: grouping by it shows which number draws sp
 
 The dashboard (callguard.web.dashboard) renders this same ``Report``, so page and CLI agree by construction:
 beside the counts it carries the most-blocked callers, the outbox as it stands, and the call-back figures
-when a ``CallbackSource`` is given (the call-back loop provides one; without it they are ``None``).
+(callguard/store/callback_stats.py, from the ``callbacks`` rows of the window) when the caller passes
+``callback_sla`` (``callback_sla(cfg)``: the call-back loop is switched on); without it they are ``None``.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-from callguard.config import parse_duration
+from callguard.config import Config, parse_duration
+from callguard.store.callback_stats import CallbackFigures, summarise
+from callguard.store.callbacks import Callbacks
 from callguard.store.db import Database
 from callguard.store.outbox import Outbox
 
@@ -119,68 +121,6 @@ class OutboxState:
         return {"pending": self.pending, "dead": self.dead, "oldest_age_s": self.oldest_age_s}
 
 
-@dataclass(frozen=True)
-class OpenMiss:
-    """A missed call nobody has called back yet."""
-
-    caller: str
-    did: str
-    missed_at: float
-    age_s: float
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"caller": self.caller, "did": self.did,
-                "missed_at": datetime.fromtimestamp(self.missed_at, UTC).isoformat(), "age_s": round(self.age_s, 1)}
-
-
-@dataclass(frozen=True)
-class CallbackFigures:
-    """Time to call back over the window's missed calls that were called back, and the open ones."""
-
-    called_back: int
-    median_s: float | None
-    p90_s: float | None
-    within_sla: int
-    sla_s: float
-    open: tuple[OpenMiss, ...] = ()
-
-    @classmethod
-    def from_times(
-        cls, times_s: Sequence[float], sla_s: float, open_misses: Iterable[OpenMiss] = ()
-    ) -> CallbackFigures:
-        ordered = sorted(float(t) for t in times_s)
-        return cls(
-            called_back=len(ordered),
-            median_s=round(statistics.median(ordered), 1) if ordered else None,
-            p90_s=round(nearest_rank(ordered, 0.9), 1) if ordered else None,
-            within_sla=sum(1 for t in ordered if t <= sla_s),
-            sla_s=float(sla_s),
-            open=tuple(sorted(open_misses, key=lambda m: -m.age_s)),
-        )
-
-    @property
-    def within_sla_share(self) -> float | None:
-        return round(self.within_sla / self.called_back, 4) if self.called_back else None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "called_back": self.called_back, "median_s": self.median_s, "p90_s": self.p90_s,
-            "within_sla": self.within_sla, "within_sla_share": self.within_sla_share, "sla_s": self.sla_s,
-            "open": [m.as_dict() for m in self.open],
-        }
-
-
-def nearest_rank(ordered: Sequence[float], q: float) -> float:
-    """The nearest-rank percentile of a sorted, non-empty sequence (p90 of 10 values is the 9th)."""
-    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-class CallbackSource(Protocol):
-    """What the call-back loop offers the report (callguard/callbacks/); absent until it is wired."""
-
-    async def figures(self, since: float, until: float) -> CallbackFigures | None: ...
-
-
 @dataclass
 class Report:
     since: float
@@ -207,6 +147,11 @@ class Report:
         }
 
 
+def callback_sla(cfg: Config) -> float | None:
+    """What ``Stats.report`` is given for the call-back figures: ``callback.sla`` when the loop is on."""
+    return float(cfg.callback.sla) if cfg.callback.enabled else None
+
+
 def window_start(spec: str, now: float, tz: tzinfo = UTC, key: str = "--since") -> float:
     """Where a window that ends ``now`` starts: ``today`` is the local midnight in ``tz``, anything else a
     duration back (``24h``, ``7d``). The CLI's ``--since`` and the dashboard's period both come here."""
@@ -222,7 +167,7 @@ class Stats:
 
     async def report(
         self, since: float, until: float, by: GroupBy | None = None, tz: tzinfo = UTC, *,
-        top: int = 10, callbacks: CallbackSource | None = None,
+        top: int = 10, callback_sla: float | None = None,
     ) -> Report:
         if by not in _SCREEN_KEY:
             raise ValueError(f"cannot group by {by!r}")
@@ -271,8 +216,12 @@ class Stats:
             since, until, by, total, ordered, by_did,
             top_blocked=await self.top_blocked(window, top),
             outbox=await self.outbox_state(),
-            callbacks=await callbacks.figures(since, until) if callbacks is not None else None,
+            callbacks=await self.callback_figures(since, until, callback_sla) if callback_sla is not None else None,
         )
+
+    async def callback_figures(self, since: float, until: float, sla_s: float) -> CallbackFigures:
+        """The call-backs of the misses in ``[since, until)``; ``until`` is also "now" for the open ones' age."""
+        return summarise(await Callbacks(self.db).in_window(since, until), sla_s, until)
 
     async def top_blocked(self, window: tuple[float, float], limit: int = 10) -> list[Blocked]:
         """The callers screened spam most often in the window, with the local note and the CRM name."""

@@ -4,8 +4,10 @@ Every figure comes from ``Stats.report`` through ``window_start``, the function 
 uses (``--since today|7d|30d --by did`` is what the three periods show), so page and CLI agree by
 construction; the per-day chart is the same report ``--by day``. Health comes from the readiness data
 (``PagesDeps.readiness``: the ``/readyz`` parts) and the outbox as the report sees it. Call-back figures
-show only when the report has them (a ``CallbackSource`` is wired). Everything from data is escaped
-(``layout.esc``); the figures carry ``data-figure`` names so a test can read them.
+(``callback_sla``) come from the same report: time to call back, the share within ``callback.sla``, per
+manager and per number dialled, and who is still waiting; they show once the call-back loop is switched on.
+Everything from data is escaped (``layout.esc``); the figures carry ``data-figure`` names so a test can read
+them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from datetime import date, datetime, timedelta, tzinfo
 from typing import Any
 
 from callguard.store import Store
-from callguard.store.stats import CallbackFigures, CallbackSource, Report, window_start
+from callguard.store.callback_stats import CallbackFigures, Group
+from callguard.store.stats import Report, window_start
 from callguard.web import charts
 from callguard.web.layout import duration, esc, flashes, page, pct
 
@@ -49,10 +52,10 @@ class Figures:
     health: Mapping[str, Any] | None
 
 
-async def gather(store: Store, period: str, now: float, tz: tzinfo, *, callbacks: CallbackSource | None = None,
+async def gather(store: Store, period: str, now: float, tz: tzinfo, *, callback_sla: float | None = None,
                  readiness: Readiness | None = None) -> Figures:
     since = window_start(period, now, tz)
-    report = await store.stats.report(since, now, "did", tz, top=TOP_BLOCKED, callbacks=callbacks)
+    report = await store.stats.report(since, now, "did", tz, top=TOP_BLOCKED, callback_sla=callback_sla)
     days = await store.stats.report(since, now, "day", tz, top=0)
     health: Mapping[str, Any] | None = None
     if readiness is not None:
@@ -169,25 +172,49 @@ def _sources(r: Report) -> str:
 
 
 def _callbacks(cb: CallbackFigures | None) -> str:
-    """Only figures that exist: nothing made up while the call-back loop is not wired."""
+    """Only figures that exist: nothing made up while the call-back loop is switched off."""
     if cb is None:
         return _card("Call-backs", '<p class="muted">Call-back times show here once call-backs are switched on.</p>',
                      figure="callbacks-off")
+    t = cb.total
     kpis = "".join([
-        _kpi("callback_median_s", "Time to call back", duration(cb.median_s), "median"),
-        _kpi("callback_p90_s", "9 in 10 within", duration(cb.p90_s), "90th percentile"),
-        _kpi("callback_within_sla", f"Within {esc(duration(cb.sla_s))}", pct(cb.within_sla_share),
-             f"{cb.within_sla} of {cb.called_back} called back", "ok"),
+        _kpi("callback_median_s", "Time to call back", duration(t.median_s), "median"),
+        _kpi("callback_p90_s", "9 in 10 within", duration(t.p90_s), "90th percentile"),
+        _kpi("callback_within_sla", f"Within {esc(duration(cb.sla_s))}", pct(t.within_sla_share),
+             f'<span data-figure="callback_within_sla_n">{t.within_sla}</span> of '
+             f'<span data-figure="callback_misses">{t.misses}</span> missed calls', "ok"),
+        _kpi("callback_never", "Never called back", str(t.never_called_back),
+             f'<span data-figure="callback_open">{t.open}</span> open, '
+             f'<span data-figure="callback_handoffs">{t.handoffs}</span> hand-ons, '
+             f'<span data-figure="callback_escalated">{t.escalated}</span> with the head of sales',
+             "warn" if t.never_called_back else ""),
     ])
-    rows = "".join(
+    head = ('<tr><th>{}</th><th class="n">Missed</th><th class="n">Called back</th><th class="n">Median</th>'
+            '<th class="n">p90</th><th class="n">Within SLA</th><th class="n">Never</th></tr>')
+
+    def rows(groups: tuple[Group, ...], attr: str) -> str:
+        return "".join(
+            f'<tr data-callbacks-{attr}="{esc(g.key)}"><td class="note">{esc(g.key)}</td><td class="n">{g.misses}</td>'
+            f'<td class="n">{g.called_back}</td><td class="n">{esc(duration(g.median_s))}</td>'
+            f'<td class="n">{esc(duration(g.p90_s))}</td>'
+            f'<td class="n" data-col="within_sla_share">{esc(pct(g.within_sla_share))}</td>'
+            f'<td class="n">{g.never_called_back}</td></tr>' for g in groups)
+
+    tables = "".join(
+        f'<div class="scroll"><table data-figure="callbacks_by_{attr}">{head.format(label)}{rows(groups, attr)}'
+        "</table></div>"
+        for label, attr, groups in (("Manager", "manager", cb.by_manager), ("Number dialled", "did", cb.by_did))
+        if groups)
+    waiting = "".join(
         f'<tr><td class="tel">{esc(m.caller)}</td><td class="note">{esc(m.did)}</td>'
-        f'<td class="n">{esc(duration(m.age_s))}</td></tr>'
-        for m in cb.open[:20]
-    )
-    waiting = (f'<h2>Not called back yet: <span data-figure="callback_open">{len(cb.open)}</span></h2>'
-               f'<div class="scroll"><table><tr><th>Caller</th><th>Number dialled</th><th class="n">Waiting</th></tr>'
-               f'{rows}</table></div>') if cb.open else '<p class="muted">Every missed caller has been called back.</p>'
-    return _card("Call-backs", f'<div class="kpis">{kpis}</div>{waiting}', "wide", figure="callbacks")
+        f'<td class="note">{esc(m.manager or "nobody yet")}</td><td class="n">{esc(duration(m.age_s))}</td></tr>'
+        for m in cb.waiting)
+    waiting = (f'<h2>Not called back yet: <span data-figure="callback_waiting">{cb.waiting_total}</span></h2>'
+               '<div class="scroll"><table><tr><th>Caller</th><th>Number dialled</th><th>Assigned to</th>'
+               f'<th class="n">Waiting</th></tr>{waiting}</table></div>') if cb.waiting_total else (
+               '<p class="muted">Every missed caller has been called back.</p>' if t.misses else
+               '<p class="muted">No missed calls to call back in this period.</p>')
+    return _card("Call-backs", f'<div class="kpis">{kpis}</div>{tables}{waiting}', "wide", figure="callbacks")
 
 
 def _blocked(r: Report) -> str:

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 
 from callguard.config import Config
 from callguard.store import Store
-from callguard.store.stats import CallbackSource
 from callguard.web import dashboard
 from callguard.web.auth import Sessions
 
@@ -17,12 +16,11 @@ from callguard.web.auth import Sessions
 @dataclass
 class PagesDeps:
     """What the pages need, passed in explicitly (no service locator): the config, the open store, the
-    readiness data (the ``/readyz`` parts as a dict; None shows "not reported"), and the call-back figures
-    once the call-back loop offers them."""
+    readiness data (the ``/readyz`` parts as a dict; None shows "not reported"). The call-back figures come
+    from the store's report (``callback_sla(cfg)``), like every other figure."""
 
     cfg: Config
     store: Store
     readiness: dashboard.Readiness | None = None
-    callbacks: CallbackSource | None = None
     clock: Callable[[], float] = time.time
     sessions: Sessions = field(default_factory=Sessions)

@@ -20,6 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.web_urldispatcher import AbstractResource
 
+from callguard.store.stats import callback_sla
 from callguard.web import dashboard
 from callguard.web.auth import LOGIN_COOKIE, SESSION_COOKIE, Authenticator, FailureLimiter, Session, same
 from callguard.web.auth import new_token as _new_token
@@ -147,7 +148,7 @@ class Pages:
             session.say("info", f"There is no period {period[:20]!r}; showing the last 7 days.")
             period = dashboard.DEFAULT_PERIOD
         fig = await dashboard.gather(self.deps.store, period, self.deps.clock(), self.tz,
-                                     callbacks=self.deps.callbacks, readiness=self.deps.readiness)
+                                     callback_sla=callback_sla(self.deps.cfg), readiness=self.deps.readiness)
         return html(dashboard.render(fig, user=session.user, csrf=session.csrf, flash=session.take_flash()))
 
 

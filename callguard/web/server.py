@@ -29,6 +29,7 @@ from callguard import metrics
 from callguard.config import SECRET_KEYS, Config, WebConfig, parse_duration
 from callguard.errors import BindError, ConfigError
 from callguard.store import Store
+from callguard.store.stats import callback_sla
 from callguard.web import webhooks
 from callguard.web.connections import BoundedFactory
 from callguard.web.pages import PagesDeps, setup_pages
@@ -232,7 +233,8 @@ class WebApp:
         except ConfigError as e:
             return self._json({"error": str(e)}, 400)
         now = time.time()
-        report = await self.store.stats.report(now - since, now, by, ZoneInfo(self.root.hours.timezone))
+        report = await self.store.stats.report(now - since, now, by, ZoneInfo(self.root.hours.timezone),
+                                               callback_sla=callback_sla(self.root))
         return self._json(report.as_dict())
 
 

@@ -19,10 +19,11 @@ from structlog.testing import capture_logs
 from callguard import passwords
 from callguard.config import Config, load_config
 from callguard.store import Store
-from callguard.store.stats import CallbackFigures, OpenMiss, window_start
+from callguard.store.stats import window_start
 from callguard.web import auth
 from callguard.web.layout import duration, pct
 from callguard.web.pages import PagesDeps, set_cookie, setup_pages
+from tests.support.callback_seed import seed_callbacks
 from tests.support.seed import CRM_NAME, DID_EVIL, SPAMMER_NOTE, seed
 
 TOKEN = "the-web-token-1"
@@ -37,12 +38,6 @@ def _config(tmp_path: Path, extra: str = "") -> Config:
         f'[[web.users]]\nname = "Olga"\npassword_hash = "{passwords.hash_password(PASSWORD)}"\n{extra}'
     )
     return load_config(path, env={})
-
-
-class Callbacks:
-    async def figures(self, since: float, until: float) -> CallbackFigures:
-        return CallbackFigures.from_times([60, 120, 300, 900, 2400], 900,
-                                          [OpenMiss("+79120000077", "<i>did</i>", until - 600, 600.0)])
 
 
 @pytest.fixture
@@ -182,19 +177,23 @@ async def test_dashboard_shows_the_report_escaped(app: Any) -> None:
     assert "There is no period &#x27;&lt;b&gt;x&lt;/b&gt;&#x27;" in odd and "Last 7 days" in odd
 
 
-async def test_call_back_figures_show_when_a_source_gives_them(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+async def test_call_back_figures_show_once_the_loop_is_switched_on(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, '[callback]\nenabled = true\n[[callback.managers]]\nname = "Ivan"\n'
+                            'devices = ["Local/101@agents"]\n')
     store = await Store.open(cfg.store.path)
+    await seed_callbacks(store, time.time())
     application = web.Application()
-    setup_pages(application, PagesDeps(cfg, store, callbacks=Callbacks()))
+    setup_pages(application, PagesDeps(cfg, store))
     async with TestClient(TestServer(application)) as client:
         await login(client)
         text = await (await client.get("/")).text()
     await store.close()
-    assert '<div class="value">5 min 00 s</div>' in text  # median of 1, 2, 5, 15, 40 minutes
-    assert '<div class="value">40 min 00 s</div>' in text  # p90 (nearest rank)
-    assert '<div class="value">80.0%</div>' in text  # 4 of 5 within 15 minutes
-    assert '<span data-figure="callback_open">1</span>' in text and "&lt;i&gt;did&lt;/i&gt;" in text
+    # the seeded week (tests/support/callback_seed.py): waits 60, 300, 1200 s of six misses, SLA 15 min
+    assert '<div class="value">5 min 00 s</div>' in text  # median
+    assert '<div class="value">20 min 00 s</div>' in text  # p90 (nearest rank: the 3rd of 3)
+    assert '<div class="value">33.3%</div>' in text  # 2 of 6 within 15 minutes
+    assert '<span data-figure="callback_waiting">2</span>' in text and "&lt;b&gt;evil&lt;/b&gt;" in text
+    assert "once call-backs are switched on" not in text
 
 
 async def test_lists_add_remove_and_the_internal_number_rule(app: Any) -> None:

@@ -228,9 +228,49 @@ async def test_check_and_stats_api(tmp_path: Path) -> None:
         data = json.loads(body)
         assert status == 200 and data["total"]["spam_blocked"] == 1
         assert [row["key"] for row in data["rows"]] == ["+74951234567"]
+        assert data["callbacks"] is None  # the call-back loop is switched off in this config
         for bad in ("/v1/stats?by=week", "/v1/stats?since=soon"):
             status, body, _ = await r.get(bad)
             assert status == 400 and "error" in body
+
+
+CALLBACK_ON = """[callback]
+enabled = true
+sla = "10m"
+[[callback.managers]]
+name = "Ivan"
+devices = ["Local/101@agents"]
+"""
+
+
+async def test_stats_api_carries_the_call_back_figures_the_cli_prints(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from callguard.cli import main
+    from tests.support.callback_seed import DID_A, DID_B, DID_EVIL, seed_callbacks
+
+    path = tmp_path / "config.toml"
+    path.write_text('[store]\npath = "cg.sqlite3"\n[agi]\nport = 0\n[web]\nport = 0\n' + CALLBACK_ON)
+    cfg = load_config(path, env=SECRETS)
+    async with running(cfg) as r:
+        await seed_callbacks(r.store, time.time())
+        status, body, _ = await r.get("/v1/stats?since=7d")
+        cb = json.loads(body)["callbacks"]
+        capsys.readouterr()
+        assert await asyncio.get_running_loop().run_in_executor(None, main, ["--config", str(path), "stats",
+                                                                             "--json"]) == 0
+        printed = capsys.readouterr().out
+    assert status == 200
+    # the seeded week (tests/support/callback_seed.py): waits 60, 300, 1200 s of six misses; SLA 10 min
+    t = cb["total"]
+    assert (cb["sla_s"], t["misses"], t["called_back"], t["never_called_back"]) == (600.0, 6, 3, 3)
+    assert (t["median_s"], t["p90_s"], t["within_sla"], t["within_sla_share"]) == (300.0, 1200.0, 2, 0.3333)
+    assert (t["open"], t["escalated"], t["handoffs"], cb["waiting_total"]) == (3, 1, 6, 2)
+    assert [g["key"] for g in cb["by_manager"]] == ["Petr", "Ivan", "-"]
+    assert [g["key"] for g in cb["by_did"]] == [DID_A, DID_B, DID_EVIL]
+    cli = json.loads(printed.strip().splitlines()[-1])["callbacks"]
+    ages = ("waiting",)  # the only part that moves with the clock between the two reads
+    assert {k: v for k, v in cli.items() if k not in ages} == {k: v for k, v in cb.items() if k not in ages}
 
 
 async def test_webhooks_are_exempt_from_the_bearer_token(tmp_path: Path) -> None:

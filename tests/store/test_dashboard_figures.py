@@ -14,7 +14,7 @@ import pytest
 from callguard.cli import main
 from callguard.config import Config
 from callguard.store import Store
-from callguard.store.stats import CallbackFigures, OpenMiss, nearest_rank, window_start
+from callguard.store.stats import window_start
 from callguard.web import dashboard
 from tests.support.seed import CRM_NAME, DAY, SPAMMER, SPAMMER_CRM, SPAMMER_NOTE, seed
 
@@ -35,16 +35,6 @@ async def test_top_blocked_outbox_and_shares(store: Store) -> None:
     assert d["top_blocked"][0] == {"caller": SPAMMER, "calls": 4, "note": SPAMMER_NOTE, "contact": ""}
     assert d["outbox"]["dead"] == 1 and d["callbacks"] is None and d["total"]["spam_share"] == 0.25
     assert (await store.stats.report(now - 7 * DAY, now, None, top=0)).top_blocked == []
-
-
-def test_callback_figures() -> None:
-    cb = CallbackFigures.from_times([300, 60, 900, 120, 2400, 600, 30, 45, 1000, 50], sla_s=900,
-                                    open_misses=[OpenMiss("+7", "d", 0, 5), OpenMiss("+8", "d", 0, 50)])
-    assert (cb.called_back, cb.median_s, cb.p90_s, cb.within_sla) == (10, 210.0, 1000.0, 8)
-    assert cb.within_sla_share == 0.8 and [m.age_s for m in cb.open] == [50, 5]  # oldest first
-    empty = CallbackFigures.from_times([], 900)
-    assert (empty.median_s, empty.p90_s, empty.within_sla_share) == (None, None, None)
-    assert nearest_rank([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 0.9) == 9 and nearest_rank([7], 0.9) == 7
 
 
 def test_today_starts_at_local_midnight() -> None:
