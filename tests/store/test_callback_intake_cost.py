@@ -1,6 +1,6 @@
 """The call-back intake's poll (``Callbacks.delivered_leads``, asked every second) must cost the same
 whatever the outbox's history: sent leads are kept for good, so a read that walks them all grows without
-bound (migration 6's index). Measured in SQLite VM steps (``set_progress_handler``), a count, not a time."""
+bound (migration 7's index). Measured in SQLite VM steps (``set_progress_handler``), a count, not a time."""
 
 from __future__ import annotations
 
