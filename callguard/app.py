@@ -32,7 +32,6 @@ from callguard.screening.rules import parse_schedule
 from callguard.screening.screener import ScreenService
 from callguard.store import Store
 from callguard.sync import SyncService, build_sync
-from callguard.web import webhooks
 from callguard.web.server import WebServer
 
 log = structlog.get_logger("callguard.app")
@@ -90,10 +89,9 @@ def build_parts(cfg: Config, store: Store) -> Parts:
     if cfg.crm.kind != "none":
         parts.sync = build_sync(cfg, store)
     if cfg.web.enabled:
-        # CRM webhooks about leads reach the call-back loop through the sync's hint (web.webhooks.Hints)
-        leads = parts.callbacks.lead_hint if parts.callbacks is not None else None
-        parts.web = WebServer(cfg, store, screener=screener, agi=parts.agi, ami=parts.ami,
-                              sync=webhooks.with_leads(parts.sync, leads))
+        # CRM webhooks: contact ids to the sync, lead ids to the call-back loop (a re-read on its CRM worker)
+        parts.web = WebServer(cfg, store, screener=screener, agi=parts.agi, ami=parts.ami, sync=parts.sync,
+                              lead_hint=parts.callbacks.lead_hint if parts.callbacks is not None else None)
     return parts
 
 

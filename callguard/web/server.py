@@ -99,7 +99,8 @@ class WebApp:
     """The aiohttp application and its handlers, given the parts they read."""
 
     def __init__(self, cfg: Config, store: Store, screener: Screener | None = None, agi: Listener | None = None,
-                 ami: AmiLink | None = None, sync: Sync | None = None) -> None:
+                 ami: AmiLink | None = None, sync: Sync | None = None,
+                 lead_hint: webhooks.Hint | None = None) -> None:
         self.root = cfg
         self.cfg = cfg.web
         self.store = store
@@ -114,7 +115,7 @@ class WebApp:
         self.app.router.add_get("/v1/check/{number}", self.check)
         self.app.router.add_get("/v1/stats", self.stats)
         before = set(self.app.router.resources())
-        webhooks.add_routes(self.app, cfg.crm, sync.hint if sync is not None else None)
+        webhooks.add_routes(self.app, cfg.crm, sync.hint if sync is not None else None, lead_hint)
         self.webhook_routes: set[Any] = set(self.app.router.resources()) - before  # they authenticate themselves
         # The browser pages (dashboard, lists) log in with a session cookie, not the bearer token.
         self.page_routes = setup_pages(self.app, PagesDeps(cfg, store, readiness=self.readiness))
@@ -257,9 +258,10 @@ class WebServer:
     name = "web"
 
     def __init__(self, cfg: Config, store: Store, *, screener: Screener | None = None, agi: Listener | None = None,
-                 ami: AmiLink | None = None, sync: Sync | None = None) -> None:
+                 ami: AmiLink | None = None, sync: Sync | None = None,
+                 lead_hint: webhooks.Hint | None = None) -> None:
         self.cfg = cfg
-        self._deps = (store, screener, agi, ami, sync)
+        self._deps = (store, screener, agi, ami, sync, lead_hint)
         self.webapp: WebApp | None = None
         self._runner: web.AppRunner | None = None
         self._listener: asyncio.Server | None = None

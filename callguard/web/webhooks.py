@@ -15,14 +15,12 @@ cache or the loop. Lead ids with no call-back loop running are answered 200 and 
 (``leads_ignored``): one CRM webhook URL often carries contacts and leads, and a CRM that sees errors
 retries and may switch the hook off.
 
-``web.server`` (another part) passes ``sync.hint`` here; the loop's lead hint rides along it as a
-``Hints`` (``with_leads`` wraps the sync for the web part in app.py).
+``web.server`` passes ``sync.hint`` and the loop's ``lead_hint`` here (app.py hands both to the web part).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 from urllib.parse import parse_qs
 
 import structlog
@@ -42,31 +40,6 @@ MAX_FIELDS = 5000
 Hint = Callable[[Sequence[str]], int]
 
 
-class Hints:
-    """The sync's contact hint (called as before) carrying the call-back loop's lead hint along."""
-
-    def __init__(self, contacts: Hint | None, leads: Hint | None) -> None:
-        self.contacts, self.leads = contacts, leads
-
-    def __call__(self, ids: Sequence[str]) -> int:
-        return self.contacts(ids) if self.contacts is not None else 0
-
-
-class SyncWithLeads:
-    """The sync as the web part sees it (its readiness facts pass through), its ``hint`` a ``Hints``."""
-
-    def __init__(self, sync: Any, leads: Hint) -> None:
-        self._sync = sync
-        self.hint = Hints(sync.hint, leads)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._sync, name)
-
-
-def with_leads(sync: Any, leads: Hint | None) -> Any:
-    return sync if sync is None or leads is None else SyncWithLeads(sync, leads)
-
-
 async def read_form(request: web.Request) -> dict[str, list[str]]:
     """The body as a form, bounded: 413 past ``MAX_BODY``, 400 for anything that is not a form."""
     if request.content_length is not None and request.content_length > MAX_BODY:
@@ -83,10 +56,10 @@ async def read_form(request: web.Request) -> dict[str, list[str]]:
 
 
 class Webhooks:
-    def __init__(self, cfg: CrmConfig, hint: Hint | None) -> None:
+    def __init__(self, cfg: CrmConfig, hint: Hint | None, leads: Hint | None = None) -> None:
         self.cfg = cfg
-        self.hint = hint.contacts if isinstance(hint, Hints) else hint
-        self.leads = hint.leads if isinstance(hint, Hints) else None
+        self.hint = hint
+        self.leads = leads
 
     def _reject(self, request: web.Request, crm: str, e: WebhookRejected) -> web.Response:
         metrics.WEBHOOKS.labels(crm, e.reason).inc()
@@ -120,7 +93,8 @@ class Webhooks:
             return self._reject(request, "bitrix24", e)
 
 
-def add_routes(app: web.Application, cfg: CrmConfig, hint: Hint | None) -> None:
-    hooks = Webhooks(cfg, hint)
+def add_routes(app: web.Application, cfg: CrmConfig, hint: Hint | None, leads: Hint | None = None) -> None:
+    """``hint``: the sync's (contact ids); ``leads``: the call-back loop's (lead ids); None when not running."""
+    hooks = Webhooks(cfg, hint, leads)
     app.router.add_post("/webhooks/amocrm/{token}", hooks.amocrm)
     app.router.add_post("/webhooks/bitrix24", hooks.bitrix24)

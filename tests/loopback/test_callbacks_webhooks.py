@@ -13,7 +13,7 @@ from aiohttp import web
 
 from callguard import metrics
 from callguard.config import Config
-from callguard.web.webhooks import Hints, add_routes
+from callguard.web.webhooks import add_routes
 from tests.callbacks_support import T0
 from tests.loopback.test_callbacks_crm_fakes import PAUSE, Rig
 
@@ -27,7 +27,7 @@ class Hooks:
             return len(ids)
 
         app = web.Application()
-        add_routes(app, cfg.crm, Hints(contact_hint, leads))  # type: ignore[arg-type]
+        add_routes(app, cfg.crm, contact_hint, leads)
         self.runner = web.AppRunner(app, access_log=None)
         self.base = ""
 
@@ -113,3 +113,43 @@ async def test_lead_ids_without_a_call_back_loop_are_answered_and_counted(tmp_pa
         assert contacts == [str(cid)]
     finally:
         await hooks.runner.cleanup()
+
+
+@pytest.mark.parametrize("loop_on", [True, False])
+async def test_the_service_wires_lead_webhooks_to_its_call_back_loop(tmp_path: Path, loop_on: bool) -> None:
+    """Through the web part app.py builds (not a hand-mounted router): with the loop on, lead ids reach
+    its ``lead_hint``; with it off they are answered and counted as ignored."""
+    import dataclasses
+    import socket
+
+    from callguard.app import build_parts
+    from callguard.store import Store
+    from tests.callbacks_support import lab_config
+    from tests.crm_support import amo_config
+    from tests.fakes.amocrm import FakeAmo
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    cfg = amo_config(tmp_path, "http://127.0.0.1:1")
+    cfg = dataclasses.replace(
+        cfg, web=dataclasses.replace(cfg.web, enabled=True, port=port),
+        ami=dataclasses.replace(cfg.ami, enabled=True, secret="x"),
+        outbox=dataclasses.replace(cfg.outbox, sink="crm"),
+        callback=lab_config() if loop_on else cfg.callback,
+    )
+    store = await Store.open(cfg.store.path)
+    parts = build_parts(cfg, store)
+    assert (parts.callbacks is not None) is loop_on and parts.web is not None
+    await parts.web.start()  # type: ignore[union-attr]
+    try:
+        ignored = metrics.WEBHOOKS.labels("amocrm", "leads_ignored")._value.get()
+        body = FakeAmo().lead_webhook_body("status", 4242)
+        async with aiohttp.ClientSession() as http, http.post(
+            f"http://127.0.0.1:{port}/webhooks/amocrm/hook-secret", data=body, headers=FORM) as resp:
+            assert resp.status == 200
+        after = metrics.WEBHOOKS.labels("amocrm", "leads_ignored")._value.get()
+        assert after == ignored + (0 if loop_on else 1)
+    finally:
+        await parts.web.stop()  # type: ignore[union-attr]
+        await store.close()
