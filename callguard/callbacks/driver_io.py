@@ -31,6 +31,12 @@ log = structlog.get_logger("callguard.callbacks")
 Job = tuple[str, int, tuple[Action, ...], bool]  # key, epoch, the step's CRM actions, a redo (look first)
 HINT = -1  # the epoch of a webhook hint's read: belongs to no step of the loop
 SLACK_S = 5.0  # the intake cursor looks back this far: rows committed with a slightly older stamp
+# Caught up (a pass took fewer than a batch), the lead cursor moves to at least this long before now, so a
+# poll after a restart reads minutes of leads, not the start's whole LEAD_HORIZON_S day again and again
+# (leads already taken in are excluded by the query but still walked). A lead is stamped sent
+# milliseconds before its commit, far inside this.
+CURSOR_LAG_S = 600.0
+INTAKE_BATCH = 200
 
 
 @dataclass(slots=True)
@@ -120,12 +126,15 @@ class StoreIntake:
                 await self._crm_job(*self._crm_jobs.popleft())
 
     async def intake(self, now: float) -> None:
-        for lead in await self.rows.delivered_leads(self._lead_cursor - SLACK_S):
+        leads = await self.rows.delivered_leads(self._lead_cursor - SLACK_S, INTAKE_BATCH)
+        for lead in leads:
             if lead.linkedid in self._in_flight:
                 continue  # taken by the last pass; the writer has not committed it yet
             self._in_flight.add(lead.linkedid)
             await self._take_lead(lead, now)
             self._lead_cursor = max(self._lead_cursor, lead.updated_at)
+        if len(leads) < INTAKE_BATCH:
+            self._lead_cursor = max(self._lead_cursor, now - CURSOR_LAG_S)
         for _linkedid, caller, answered_at, ended_at in await self.rows.answered_since(self._call_cursor - SLACK_S):
             if caller.startswith("+"):
                 self._got_through(caller, answered_at)

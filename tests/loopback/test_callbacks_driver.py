@@ -271,3 +271,33 @@ async def test_adapters_hand_on_in_the_crm_fakes(tmp_path: Any, kind: str) -> No
     finally:
         await store.close()
         await fake.close()
+
+
+async def test_after_a_restart_the_intake_reads_minutes_of_leads_not_the_whole_day(store: Store) -> None:
+    """The start looks back a day for leads not yet taken in; once caught up, each poll asks only for the
+    last minutes (the query excludes taken leads, but SQLite still walks every row since the cursor)."""
+    crm, clock = RecordingCrm(), Clock(T0)
+    await deliver_lead(store, LINKEDID, T0 - 3 * 3600)  # delivered 3 h before the restart, not yet taken in
+    d = driver(store, crm, clock)
+    asked: list[float] = []
+    real = d.rows.delivered_leads
+
+    async def spy(since: float, limit: int = 200) -> Any:
+        asked.append(since)
+        return await real(since, limit)
+
+    d.rows.delivered_leads = spy  # type: ignore[method-assign]
+    await d.load()
+    try:
+        clock.t = T0 + 1
+        await d.pump(clock.t)  # takes the 3-hour-old lead in
+        assert (await state_of(store))["state"] == "assigned"
+        assert asked[0] <= T0 - 86_000  # the start reads back a day
+        await deliver_lead(store, "1796114370.200", T0 + 2, ref="lead-78")
+        for t in (T0 + 3, T0 + 4, T0 + 5):
+            clock.t = t
+            await d.pump(t)
+        assert (await state_of(store))["misses"] == 2  # the new lead (a repeat miss) was taken in
+        assert min(asked[1:]) >= T0 + 1 - 600 - 5  # caught up: minutes back, never the day again
+    finally:
+        await d.stop()
