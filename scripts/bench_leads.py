@@ -5,9 +5,10 @@ A fake Asterisk (tests/fakes/asterisk_ami.py) sends N missed calls over loopback
 CallFlow (tracker, one transaction call row + outbox item) → OutboxWorker → the sink: a webhook receiver
 answering 200, or the amoCRM fake (tests/fakes/amocrm.py, unsorted mode; callguard's limiter at its max,
 100 rps, the fake's raised). Timed from the moment the fake wrote the call's last ``Hangup`` to the
-outbox's ``mark_sent`` (the sink acknowledged and the store says sent).
+outbox's ``mark_sent`` (the sink acknowledged and the store says sent). ``--sink log`` is the leads file
+(one fdatasync'd line a lead), ``bitrix24`` the Bitrix24 fake (callguard's limiter and the fake's raised).
 
-    python scripts/bench_leads.py [--calls 1000] [--sink webhook|amocrm] [--gap 5]
+    python scripts/bench_leads.py [--calls 1000] [--sink webhook|amocrm|bitrix24|log] [--gap 5]
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from callguard.config import Config
 from callguard.leads.outbox import OutboxWorker
 from callguard.leads.sinks import build_sink
 from callguard.store import Store
-from tests.crm_support import amo_config
+from tests.crm_support import amo_config, b24_config
 from tests.fakes.asterisk_ami import FakeAsterisk, Script, frames, loopback_cfg, relabel
 
 SCENARIO = "s04_caller_abandon"
@@ -72,6 +73,17 @@ async def run(calls: int, sink: str, gap_ms: float, tmp: Path) -> list[float]:
         await fake_crm.start()
         cfg = amo_config(tmp, f"http://127.0.0.1:{fake_crm.port}", rate_rps=100.0)
         cfg = dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, sink="crm"))
+    elif sink == "bitrix24":
+        from tests.fakes.bitrix24 import FakeBitrix
+
+        fake_crm = FakeBitrix(rate=100_000.0, burst=100_000)
+        await fake_crm.start()
+        cfg = b24_config(tmp, f"http://127.0.0.1:{fake_crm.port}", rate_rps=100.0, rate_burst=100)
+        cfg = dataclasses.replace(cfg, outbox=dataclasses.replace(cfg.outbox, sink="crm"))
+    elif sink == "log":
+        base = Config()
+        outbox = dataclasses.replace(base.outbox, sink="log", log_file=str(tmp / "leads.jsonl"))
+        cfg = dataclasses.replace(base, store=dataclasses.replace(base.store, path=tmp / "cg.sqlite3"), outbox=outbox)
     else:
         runner, port = await receiver()
         base = Config()
@@ -127,7 +139,7 @@ async def run(calls: int, sink: str, gap_ms: float, tmp: Path) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--sink", choices=["webhook", "amocrm"], default="webhook")
+    ap.add_argument("--sink", choices=["webhook", "amocrm", "bitrix24", "log"], default="webhook")
     ap.add_argument("--gap", type=float, default=5.0, help="ms between calls")
     args = ap.parse_args()
     import structlog
