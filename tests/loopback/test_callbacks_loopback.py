@@ -1,10 +1,13 @@
-"""The recorded outbound call-back (s18) replayed over a real loopback AMI socket into the running driver
-(its tasks, the AMI client's fan-out): the open call-back is recorded as reached in the store."""
+"""The recorded outbound call-backs (s18 answered, s19 not answered, s20 busy, s21 a missed call and then
+its call-back) replayed over a real loopback AMI socket into the running driver (its tasks, the AMI
+client's fan-out): the open call-back is recorded as reached, or as attempted when nobody answered."""
 
 from __future__ import annotations
 
 import asyncio
 import random
+
+import pytest
 
 from callguard.ami.client import AmiClient
 from callguard.callbacks.driver import CallbackDriver
@@ -17,9 +20,13 @@ from tests.callbacks_support import LINKEDID, RecordingCrm, deliver_lead, lab_co
 from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, loopback_cfg
 
 
-async def test_s18_over_loopback_closes_the_open_call_back() -> None:
+@pytest.mark.parametrize(("scenario", "state"), [
+    ("s18_callback_answered", "reached"), ("s19_callback_noanswer", "attempted"),
+    ("s20_callback_busy", "attempted"), ("s21_missed_then_callback", "reached"),
+])
+async def test_recorded_call_back_over_loopback_is_recorded_with_its_outcome(scenario: str, state: str) -> None:
     store = await Store.open(":memory:")
-    fake = await FakeAsterisk([Script(body=events_after_login("s18_callback_answered"))]).start()
+    fake = await FakeAsterisk([Script(body=events_after_login(scenario))]).start()
     try:
         import time
 
@@ -44,11 +51,12 @@ async def test_s18_over_loopback_closes_the_open_call_back() -> None:
         async with asyncio.timeout(10):
             while True:  # cleared before the look, so a save between the look and the wait is not missed
                 d.saved.clear()
-                if (rec := await rows.get(LINKEDID)) is not None and rec.state == "reached":
+                if (rec := await rows.get(LINKEDID)) is not None and rec.state == state:
                     break
                 await d.saved.wait()
         assert "DialBegin" in seen and rec.row["by"] == "Ivan"
         assert rec.row["first_attempt_at"] is not None
+        assert (rec.row["first_talk_at"] is not None) is (state == "reached")
         await client.stop()
         await d.stop()
     finally:
