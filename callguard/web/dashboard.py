@@ -194,7 +194,8 @@ def _callbacks(cb: CallbackFigures | None) -> str:
 
     def rows(groups: tuple[Group, ...], attr: str) -> str:
         return "".join(
-            f'<tr data-callbacks-{attr}="{esc(g.key)}"><td class="note">{esc(g.key)}</td><td class="n">{g.misses}</td>'
+            f'<tr data-callbacks-{attr}="{esc(g.key)}"><td class="note">{esc(_label(attr, g.key))}</td>'
+            f'<td class="n">{g.misses}</td>'
             f'<td class="n">{g.called_back}</td><td class="n">{esc(duration(g.median_s))}</td>'
             f'<td class="n">{esc(duration(g.p90_s))}</td>'
             f'<td class="n" data-col="within_sla_share">{esc(pct(g.within_sla_share))}</td>'
@@ -215,6 +216,13 @@ def _callbacks(cb: CallbackFigures | None) -> str:
                '<p class="muted">Every missed caller has been called back.</p>' if t.misses else
                '<p class="muted">No missed calls to call back in this period.</p>')
     return _card("Call-backs", f'<div class="kpis">{kpis}</div>{tables}{waiting}', "wide", figure="callbacks")
+
+
+def _label(attr: str, key: str) -> str:
+    """A group's name as a person reads it: "-" is the report's key for "none" (no manager, no DID)."""
+    if key != "-":
+        return key
+    return "nobody yet" if attr == "manager" else "unknown"
 
 
 def _blocked(r: Report) -> str:

@@ -28,6 +28,7 @@ from callguard.config import Config, load_config
 from callguard.store import Store
 from callguard.web.layout import duration, pct
 from callguard.web.pages import PagesDeps, setup_pages
+from tests.support.callback_seed import seed_callbacks
 from tests.support.seed import DID_A, DID_B, SPAMMER, seed
 
 ARTIFACTS = Path(__file__).parents[1] / "artifacts"
@@ -55,6 +56,9 @@ def site_cfg(tmp_path: Path) -> Config:
     path.write_text(
         '[store]\npath = "cg.sqlite3"\n[hours]\ntimezone = "Europe/Moscow"\n[web]\ntoken = "the-web-token-1"\n'
         f'[[web.users]]\nname = "olga"\npassword_hash = "{passwords.hash_password(PASSWORD)}"\n'
+        '[callback]\nenabled = true\n[callback.head]\nname = "Olga"\ncrm_user_id = 7\n'
+        '[[callback.managers]]\nname = "Ivan"\ncrm_user_id = 101\ndevices = ["PJSIP/101"]\n'
+        '[[callback.managers]]\nname = "Petr"\ncrm_user_id = 102\ndevices = ["PJSIP/102"]\n'
     )
     return load_config(path, env={})
 
@@ -62,7 +66,9 @@ def site_cfg(tmp_path: Path) -> Config:
 @pytest.fixture
 async def site(site_cfg: Config) -> AsyncIterator[tuple[str, Store]]:
     store = await Store.open(site_cfg.store.path)
-    await seed(store, time.time())
+    now = time.time()
+    await seed(store, now)
+    await seed_callbacks(store, now)  # the week's call-backs, as the loop writes them
 
     async def readiness() -> dict[str, Any]:
         return {"ready": True, "parts": {"store": {"state": "ok"}, "agi": {"state": "ok"},
@@ -178,11 +184,22 @@ async def test_dashboard_and_lists_in_a_real_browser(
     assert blocked[0] == SPAMMER
     assert [await page.text(f'tr[data-caller="{c}"] td') for c in blocked] == blocked
     assert {DID_A, DID_B} <= {r["key"] for r in stats["rows"]}
+    # The call-back panel: the same figures as `callguard stats --json`'s "callbacks", per manager too.
+    cb = stats["callbacks"]["total"]
+    assert await page.text(figure("callback_median_s")) == duration(cb["median_s"])
+    assert await page.text(figure("callback_p90_s")) == duration(cb["p90_s"])
+    assert await page.text(figure("callback_within_sla")) == pct(cb["within_sla_share"])
+    assert await page.text(figure("callback_never")) == str(cb["never_called_back"])
+    assert await page.text('[data-figure="callback_escalated"]') == str(cb["escalated"])
+    for g in stats["callbacks"]["by_manager"]:
+        row = f'tr[data-callbacks-manager="{g["key"]}"] [data-col="within_sla_share"]'
+        assert await page.text(row) == pct(g["within_sla_share"])
+    assert cb["misses"] > 0 and stats["callbacks"]["by_manager"]
     main_html = await page.run(lambda: browser.find_element(By.TAG_NAME, "main").get_attribute("innerHTML"))
     assert "<script>" not in main_html and "&lt;script&gt;" in main_html
     figures = {**shown, "spam_share": pct(t["spam_share"]), "missed_by_reason": t["missed_by_reason"],
                "answer_rate_by_did": {r["key"]: pct(r["answered_share"]) for r in stats["rows"]},
-               "top_blocked": blocked}
+               "top_blocked": blocked, "callbacks": cb}
     wide = await page.shot("dashboard.png", 1280)
     narrow = await page.shot("dashboard-phone.png", 390)
 
