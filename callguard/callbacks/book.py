@@ -62,7 +62,7 @@ class CallbackBook:
         return [self._open[k] for k in sorted(self._by_customer.get(customer, ()))]
 
     def bind(self, presence: Presence, rng: random.Random) -> None:
-        self.ctx = Context(self.cfg, make_picker(presence, self.last_assigned, rng))
+        self.ctx = Context(self.cfg, make_picker(presence, self.last_assigned, rng), presence.roster.head_from)
 
     def load(self, rows: Iterable[dict[str, object]]) -> int:
         """After a restart: the open rows from the store; their timers resume where they were."""

@@ -127,10 +127,15 @@ class Step:
 Picker = Callable[[Callback, float], Choice]
 
 
+def _at_once(at: float) -> float:
+    return at
+
+
 @dataclass(frozen=True, slots=True)
 class Context:
     cfg: CallbackConfig
     pick: Picker  # who is free right now, by the rule in pick.py (the driver binds presence and rng)
+    head_from: Callable[[float], float] = _at_once  # when the head is next within hours (Roster.head_from)
 
 
 # --- the machine ------------------------------------------------------------------------------------
@@ -225,6 +230,10 @@ def _hand_on(cb: Callback, at: float, ctx: Context) -> Step:
     """The lead is untouched: the next manager, or the head after ``max_handoffs``."""
     cb = dataclasses.replace(cb, crm_pending="")
     if cb.handoffs >= ctx.cfg.max_handoffs:
+        when = ctx.head_from(at)
+        if when > at:  # nobody gets a task outside their hours: the morning's read, then the escalation
+            nxt = dataclasses.replace(cb, due=when, reason="head_off_hours")
+            return Step(nxt, (Action("wait", HEAD, when, cb.epoch, "off_hours"),))
         epoch = cb.epoch + 1
         nxt = dataclasses.replace(cb, state=State.ESCALATED, due=None, epoch=epoch, reason="max_handoffs")
         return Step(nxt, (Action("escalate", HEAD, epoch=epoch, detail=f"after {cb.handoffs} hand-ons"),

@@ -64,6 +64,15 @@ class Roster:
     queues: frozenset[str]
     by_device: dict[str, str]
     by_extension: dict[str, str]
+    head_hours: Schedule | None = None  # None: the head takes escalations at any hour
+
+    def head_from(self, now: float) -> float:
+        """The first moment at or after ``now`` the head is within hours (``now`` without hours; a head
+        closed for two weeks gets it now rather than never)."""
+        if self.head_hours is None:
+            return now
+        at = next_open(self.head_hours, now)
+        return now if at is None else at
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -125,7 +134,10 @@ def parse_roster(cfg: CallbackConfig) -> Roster:
             if by_ext.setdefault(ext, m.name) != m.name:
                 raise ConfigError(f"{ext!r} belongs to {by_ext[ext]!r} too", f"callback.managers[{i}].extensions")
         managers.append(m)
-    return Roster(tuple(managers), cfg.head, frozenset(cfg.queues), by_device, by_ext)
+    head = cfg.head
+    hours = parse_schedule(HoursConfig(enabled=True, timezone=head.timezone, days=head.days,
+                                       holidays=head.holidays)) if head.days else None
+    return Roster(tuple(managers), head, frozenset(cfg.queues), by_device, by_ext, hours)
 
 
 def with_pause(cfg: CallbackConfig, pause: float) -> CallbackConfig:

@@ -42,8 +42,6 @@ def _validate_hours(cfg: HoursConfig) -> None:
 def validate_callback(cb: CallbackConfig) -> None:
     """``[callback]``: the roster's shape, checked at load like every section (exit 78 naming the key);
     callbacks/settings.parse_roster calls this, then builds the runtime roster from the checked values."""
-    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
     if cb.pause <= 0 or cb.crm_retry <= 0:  # a config built in code skips the loader's ranges
         raise ConfigError("callback.pause and callback.crm_retry must be positive", "callback")
     if cb.max_handoffs < 0:
@@ -59,21 +57,29 @@ def validate_callback(cb: CallbackConfig) -> None:
         if m.name in names:
             raise ConfigError(f"duplicate manager name {m.name!r}", f"{key}.name")
         names.add(m.name)
-        try:
-            ZoneInfo(m.timezone)
-        except (ZoneInfoNotFoundError, ValueError) as e:
-            raise ConfigError(f"unknown time zone {m.timezone!r}", f"{key}.timezone") from e
-        parse_week(m.days, f"{key}.days")
-        try:
-            parse_holidays(m.holidays)
-        except ConfigError as e:
-            raise ConfigError(str(e).removeprefix(f"{e.key}: "), f"{key}.holidays") from e
+        _check_hours(m.timezone, m.days, m.holidays, key)
         for device in m.devices:
             if owner.setdefault(device, m.name) != m.name:
                 raise ConfigError(f"{device!r} belongs to {owner[device]!r} too", f"{key}.devices")
+    _check_hours(cb.head.timezone, cb.head.days, cb.head.holidays, "callback.head")
     _check_notify_url(cb.notify.url)
     if cb.enabled and not cb.managers:
         raise ConfigError("callback.enabled needs at least one [[callback.managers]]", "callback.managers")
+
+
+def _check_hours(timezone: str, days: dict[str, str], holidays: list[str], key: str) -> None:
+    """A person's working hours (a manager's, the head's): the zone, the week, the holidays."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(timezone)
+    except (ZoneInfoNotFoundError, ValueError) as e:
+        raise ConfigError(f"unknown time zone {timezone!r}", f"{key}.timezone") from e
+    parse_week(days, f"{key}.days")
+    try:
+        parse_holidays(holidays)
+    except ConfigError as e:
+        raise ConfigError(str(e).removeprefix(f"{e.key}: "), f"{key}.holidays") from e
 
 
 def _check_notify_url(url: str) -> None:

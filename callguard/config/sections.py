@@ -230,6 +230,10 @@ class HeadConfig:
     name: str = ""
     crm_user_id: int = num(0, 0, 1_000_000_000_000)  # 0 = none: their CRM steps are skipped
     notify: bool = True  # tell the head of every assignment, not only of escalations
+    # Their working hours: an escalation (a CRM task for them) waits for them. No `days`: any time.
+    timezone: str = "Europe/Moscow"
+    days: dict[str, str] = field(default_factory=dict)
+    holidays: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

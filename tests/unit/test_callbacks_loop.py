@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -28,6 +31,8 @@ from callguard.callbacks.loop import (
     step,
 )
 from callguard.callbacks.pick import Choice, choose
+from callguard.config import load_config
+from callguard.errors import ConfigError
 from tests.callbacks_support import T0, lab_config
 
 CFG = lab_config(max_handoffs=2)
@@ -366,3 +371,46 @@ def test_the_responsible_is_not_compared_before_the_crm_confirmed_the_assignment
     cb = step(fresh(), LeadOpened(T0), ctx(team)).callback
     s = step(cb, CrmChanged(T0 + 2, seen=LeadSeen("", 504141)), ctx(team))
     assert s.callback == cb
+
+
+def test_the_escalation_waits_for_the_heads_hours_then_reads_the_lead_again() -> None:
+    """Nobody gets a task outside their hours, the head included: an escalation due at night waits for the
+    morning, and the lead is read again then (someone may have dealt with it overnight)."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    from callguard.callbacks.settings import HeadConfig, parse_roster
+
+    msk = ZoneInfo("Europe/Moscow")
+    evening = datetime(2026, 12, 1, 20, 0, tzinfo=msk).timestamp()  # a Tuesday, 20:00 in Moscow
+    morning = datetime(2026, 12, 2, 9, 0, tzinfo=msk).timestamp()
+    head = HeadConfig("Olga", 7, days={d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")})
+    roster = parse_roster(lab_config(max_handoffs=2, head=head))
+    assert roster.head_from(evening) == morning and roster.head_from(morning + 60) == morning + 60
+    team = Team("Ivan", "Petr")
+    c = Context(CFG, team.pick, roster.head_from)
+    cb = dataclasses.replace(fresh(), state=State.HANDED_ON, manager="Ivan", handoffs=2, due=evening, epoch=3)
+    s = answer_reads(step(cb, TimerDue(evening), c), c, evening)
+    assert s.callback.state is State.HANDED_ON and s.callback.due == morning
+    assert s.callback.reason == "head_off_hours" and [a.kind for a in s.actions] == ["wait"]
+    early = step(s.callback, TimerDue(morning - 1), c)
+    assert early.actions == () and early.callback == s.callback
+    read = step(s.callback, TimerDue(morning), c)
+    assert [a.kind for a in read.actions] == ["check"]  # the morning's read first
+    done = answer_reads(read, c, morning)
+    assert done.callback.state is State.ESCALATED and [a.kind for a in done.actions] == ["escalate", "notify"]
+    # without the head's hours it escalates at once, at night too
+    now = answer_reads(step(cb, TimerDue(evening), Context(CFG, team.pick)), Context(CFG, team.pick), evening)
+    assert now.callback.state is State.ESCALATED
+
+
+def test_the_heads_hours_are_checked_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[callback.head]\nname = "Olga"\ntimezone = "Mars/Olympus"\ndays = { mon = "09:00-18:00" }\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    assert e.value.key == "callback.head.timezone"
+    path.write_text('[callback.head]\nname = "Olga"\ndays = { mon = "9-18" }\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(path, env={})
+    assert e.value.key.startswith("callback.head.days")
