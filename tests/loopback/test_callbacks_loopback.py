@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from pathlib import Path
 
 import pytest
 
@@ -24,8 +25,12 @@ from tests.fakes.asterisk_ami import FakeAsterisk, Script, events_after_login, l
     ("s18_callback_answered", "reached"), ("s19_callback_noanswer", "attempted"),
     ("s20_callback_busy", "attempted"), ("s21_missed_then_callback", "reached"),
 ])
-async def test_recorded_call_back_over_loopback_is_recorded_with_its_outcome(scenario: str, state: str) -> None:
-    store = await Store.open(":memory:")
+async def test_recorded_call_back_over_loopback_is_recorded_with_its_outcome(
+    tmp_path: Path, scenario: str, state: str,
+) -> None:
+    # a store on disk, as in production (WAL): a shared-cache memory DB locks tables between its two
+    # connections, which a reader polling beside the driver's writer trips over
+    store = await Store.open(tmp_path / "cg.sqlite3")
     fake = await FakeAsterisk([Script(body=events_after_login(scenario))]).start()
     try:
         import time
