@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import os
+import shutil
 import sqlite3
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -29,11 +30,10 @@ from callguard.errors import SchemaTooNewError
 from callguard.store.migrations import LATEST, MIGRATIONS
 
 log = structlog.get_logger("callguard.store")
-_memory_ids = itertools.count()
 
 
-async def _connect(path: str, busy_timeout_ms: int, uri: bool = False) -> aiosqlite.Connection:
-    conn = aiosqlite.connect(path, uri=uri, isolation_level=None)
+async def _connect(path: str, busy_timeout_ms: int) -> aiosqlite.Connection:
+    conn = aiosqlite.connect(path, isolation_level=None)
     try:
         await conn
     except BaseException:
@@ -53,8 +53,8 @@ HOT_BUSY_TIMEOUT_MS = 50
 HOT_MMAP_BYTES = 1 << 30  # address space only; the kernel's page cache holds the pages
 
 
-def _connect_hot(target: str, uri: bool) -> sqlite3.Connection:
-    conn = sqlite3.connect(target, uri=uri, isolation_level=None, check_same_thread=True)
+def _connect_hot(target: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, isolation_level=None, check_same_thread=True)
     conn.execute(f"PRAGMA busy_timeout = {HOT_BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA query_only = ON")
     # Pages through a memory map, not a pread() each: every commit by the writer (sync, screen records)
@@ -72,6 +72,7 @@ class Database:
         self._writer = writer
         self.path = path
         self._lock = asyncio.Lock()
+        self._scratch: str | None = None  # ":memory:": the scratch folder removed at close
 
     @classmethod
     async def open(cls, path: Path | str, busy_timeout_ms: int = 5000) -> Database:
@@ -85,26 +86,31 @@ class Database:
     @classmethod
     async def _open(cls, path: Path | str, busy_timeout_ms: int) -> Database:
         target = str(path)
-        uri = False
+        scratch: str | None = None
         if target == ":memory:":
-            # Two connections must see one database: a named shared-cache memory DB.
-            target, uri = f"file:callguard-{os.getpid()}-{next(_memory_ids)}?mode=memory&cache=shared", True
+            scratch, target = _scratch_store()
         else:
             failures.prepare_folder(Path(target))
             failures.check_header(Path(target))
             failures.probe(target)
-        writer = await _connect(target, busy_timeout_ms, uri)
         try:
-            if not uri:
-                await writer.execute("PRAGMA journal_mode = WAL")
-                await writer.execute("PRAGMA synchronous = NORMAL")
+            writer = await _connect(target, busy_timeout_ms)
+        except BaseException:
+            _remove(scratch)
+            raise
+        try:
+            await writer.execute("PRAGMA journal_mode = WAL")
+            await writer.execute("PRAGMA synchronous = NORMAL")
             await migrate(writer)
-            reader = await _connect(target, busy_timeout_ms, uri)
-            hot = _connect_hot(target, uri)
+            reader = await _connect(target, busy_timeout_ms)
+            hot = _connect_hot(target)
         except BaseException:
             await writer.close()
+            _remove(scratch)
             raise
-        return cls(reader, writer, hot, str(path))
+        db = cls(reader, writer, hot, str(path))
+        db._scratch = scratch
+        return db
 
     @contextlib.asynccontextmanager
     async def write(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -135,6 +141,21 @@ class Database:
         for conn in (self.reader, self._writer):
             with contextlib.suppress(Exception):
                 await conn.close()
+        _remove(self._scratch)
+
+
+def _scratch_store() -> tuple[str, str]:
+    """``store.path = ":memory:"``: a private scratch file (in RAM where /dev/shm exists), removed at
+    close. Its connections then lock as a real store's do (WAL); a shared-cache memory DB would lock whole
+    tables between them (SQLITE_LOCKED, which no busy timeout waits out)."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
+    scratch = tempfile.mkdtemp(prefix="callguard-memory-", dir=shm)
+    return scratch, os.path.join(scratch, "store.sqlite3")
+
+
+def _remove(scratch: str | None) -> None:
+    if scratch is not None:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 async def migrate(conn: aiosqlite.Connection) -> int:
