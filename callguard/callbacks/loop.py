@@ -151,8 +151,12 @@ def step(cb: Callback, event: Event, ctx: Context) -> Step:
         case TimerDue():
             return _timer(cb, event.at, ctx)
         case Freed():
-            if cb.state is State.WAITING or (cb.state in TIMED and cb.reason == HANDOFF_WAITING):
-                return _assign(cb, event.at, ctx, handoff=cb.state is not State.WAITING)
+            if cb.state is State.WAITING:
+                return _assign(cb, event.at, ctx, handoff=False)
+            if cb.state in TIMED and cb.reason == HANDOFF_WAITING and not cb.crm_pending:
+                # a hand-on that waited for someone: read the lead again first (it may have been dealt with
+                # in the CRM meanwhile), then hand on to whoever is free by then
+                return _check(cb, event.at, ctx, "freed")
             return Step(cb)
         case Attempt():
             return _attempt(cb, event)

@@ -169,6 +169,28 @@ def test_nobody_free_waits_for_the_first_who_becomes_free() -> None:
     assert cb.state is State.ASSIGNED and cb.manager == "Ivan" and cb.due == T0 + 40 + PAUSE
 
 
+def test_a_hand_on_that_waited_for_someone_reads_the_lead_again_when_one_frees_up() -> None:
+    team = Team("Ivan")
+    team.on_duty = ["Ivan", "Petr"]
+    cb, _ = run(fresh(), team, LeadOpened(T0))
+    assert cb.manager == "Ivan"
+    team.free = []
+    cb, _ = run(cb, team, TimerDue(T0 + PAUSE))  # the pause is over, the lead untouched, nobody else free
+    assert cb.state is State.ASSIGNED and cb.reason == "handoff_waiting" and cb.manager == "Ivan"
+    team.free = ["Petr"]
+    s = step(cb, Freed(T0 + PAUSE + 300), ctx(team))
+    assert [a.kind for a in s.actions] == ["check"] and s.callback.manager == "Ivan"  # read first
+    again = step(s.callback, Freed(T0 + PAUSE + 301), ctx(team))
+    assert again.actions == ()  # one read at a time
+    handed = answer_reads(s, ctx(team), T0 + PAUSE + 300)
+    assert handed.callback.state is State.HANDED_ON and handed.callback.manager == "Petr"
+    # the read finds the lead gone from the CRM meanwhile: closed, nobody else is bothered
+    check = next(a for a in s.actions if a.kind == "check")
+    gone = step(s.callback, CrmChanged(T0 + PAUSE + 301, seen=LeadSeen(found=False), epoch=check.epoch), ctx(team))
+    assert gone.callback.state is State.CLOSED_IN_CRM and gone.callback.manager == "Ivan"
+    assert not [a for a in gone.actions if a.kind in ("assign", "create_task")]
+
+
 def test_off_hours_waits_for_the_morning() -> None:
     team = Team()
     cb, _ = run(fresh(), team, LeadOpened(T0))
@@ -251,11 +273,9 @@ def test_random_inputs_keep_the_invariants(script: list[tuple[str, float]], seed
             assert cb == before and not s.actions  # terminal stays terminal
         if cb.handoffs > before.handoffs or (cb.state is State.ESCALATED and before.state is not State.ESCALATED):
             # A hand-on (or the escalation) only on the answer to the read of this very step, and only
-            # when it found the lead untouched; or when someone became free for a hand-on already decided.
-            if isinstance(ev, CrmChanged):
-                assert before.crm_pending == "check" and ev.epoch == before.epoch and not crm_verdict(before, ev)
-            else:
-                assert isinstance(ev, Freed) and before.reason == "handoff_waiting"
+            # when it found the lead untouched: a manager freeing up for a waiting hand-on asks for the read.
+            assert isinstance(ev, CrmChanged), ev
+            assert before.crm_pending == "check" and ev.epoch == before.epoch and not crm_verdict(before, ev)
         if cb.handoffs > before.handoffs:
             assert cb.handoffs == before.handoffs + 1
             hand_ons_per_due[before.due] = hand_ons_per_due.get(before.due, 0) + 1
