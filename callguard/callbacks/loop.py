@@ -151,13 +151,7 @@ def step(cb: Callback, event: Event, ctx: Context) -> Step:
         case TimerDue():
             return _timer(cb, event.at, ctx)
         case Freed():
-            if cb.state is State.WAITING:
-                return _assign(cb, event.at, ctx, handoff=False)
-            if cb.state in TIMED and cb.reason == HANDOFF_WAITING and not cb.crm_pending:
-                # a hand-on that waited for someone: read the lead again first (it may have been dealt with
-                # in the CRM meanwhile), then hand on to whoever is free by then
-                return _check(cb, event.at, ctx, "freed")
-            return Step(cb)
+            return _freed(cb, event.at, ctx)
         case Attempt():
             return _attempt(cb, event)
         case GotThrough():
@@ -205,6 +199,16 @@ def _opened(cb: Callback, ev: LeadOpened, ctx: Context) -> Step:
         return _assign(dataclasses.replace(cb, handoffs=0, state=State.WAITING), ev.at, ctx, handoff=False)
     if cb.manager:
         return Step(cb, (Action("notify", cb.manager, epoch=cb.epoch, detail="repeat_miss"),))
+    return Step(cb)
+
+
+def _freed(cb: Callback, at: float, ctx: Context) -> Step:
+    if cb.state is State.WAITING:
+        return _assign(cb, at, ctx, handoff=False)
+    if cb.state in TIMED and cb.reason == HANDOFF_WAITING and not cb.crm_pending:
+        # a hand-on that waited for someone: read the lead again first (it may have been dealt with in the
+        # CRM meanwhile), then hand on to whoever is free by then
+        return _check(cb, at, ctx, "freed")
     return Step(cb)
 
 
