@@ -237,12 +237,9 @@ class HeadConfig:
 
 
 @dataclass(frozen=True)
-class NotifyConfig:
-    """Where the loop's notices go (callbacks/notify.py): a JSON POST per notice; "" = the log line only."""
-
-    url: str = ""
-    secret: str = ""
-    timeout: Duration = dur("10s", "1s", "2m")
+class NotifyConfig(WebhookSinkConfig):
+    """Where the loop's notices go (callbacks/notify.py): a signed JSON POST per notice, as the lead
+    webhook's (the same ``url``, ``secret``, ``timeout``); ``url = ""``: the log line only."""
 
 
 @dataclass(frozen=True)

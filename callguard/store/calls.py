@@ -30,6 +30,9 @@ class Recorded:
     lost: set[str]  # a row that says ``lost``: a record that knows better replaces it (``Calls.record``)
 
 
+_ROW = "SELECT linkedid, uniqueid, caller, did, verdict, outcome, reason, started_at, ended_at, wait_s FROM calls"
+
+
 class Calls:
     def __init__(self, db: Database) -> None:
         self.db = db
@@ -78,16 +81,14 @@ class Calls:
         """Calls recorded as lost from their events alone (not ``record_unclear``: a record said that),
         newest first: what a later look at Asterisk's records may still explain."""
         async with self.db.reader.execute(
-            "SELECT linkedid, uniqueid, caller, did, verdict, outcome, reason, started_at, ended_at, wait_s "
-            "FROM calls WHERE ended_at >= ? AND outcome = 'lost' AND reason != 'record_unclear' "
+            f"{_ROW} WHERE ended_at >= ? AND outcome = 'lost' AND reason != 'record_unclear' "
             "ORDER BY ended_at DESC LIMIT ?", (since, limit)
         ) as cur:
             return [CallRow(*r) for r in await cur.fetchall()]
 
     async def get(self, linkedid: str) -> CallRow | None:
         async with self.db.reader.execute(
-            "SELECT linkedid, uniqueid, caller, did, verdict, outcome, reason, started_at, ended_at, wait_s "
-            "FROM calls WHERE linkedid = ?", (linkedid,)
+            f"{_ROW} WHERE linkedid = ?", (linkedid,)
         ) as cur:
             r = await cur.fetchone()
         return CallRow(*r) if r else None
