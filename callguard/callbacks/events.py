@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from callguard.crm.base import LeadSeen  # what a CRM read of the lead says (the adapters fill it)
+
 # --- inputs -----------------------------------------------------------------------------------------
 
 
@@ -41,16 +43,6 @@ class Attempt:
 @dataclass(frozen=True, slots=True)
 class GotThrough:
     at: float  # the customer called in and a manager answered
-
-
-@dataclass(frozen=True, slots=True)
-class LeadSeen:
-    """A read of the lead in the CRM (amoCRM ``status_id``/``responsible_user_id``, Bitrix24
-    ``STATUS_ID``/``ASSIGNED_BY_ID``); ``found`` False: the CRM no longer has it."""
-
-    status: str = ""
-    responsible: int = 0
-    found: bool = True
 
 
 @dataclass(frozen=True, slots=True)

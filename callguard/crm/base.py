@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from callguard.leads.model import MissedCall
 
 
+@dataclass(frozen=True, slots=True)
+class LeadSeen:
+    """A read of the lead in the CRM (amoCRM ``status_id``/``responsible_user_id``, Bitrix24
+    ``STATUS_ID``/``ASSIGNED_BY_ID``); ``found`` False: the CRM no longer has it. The call-back loop
+    (callbacks/events.py) compares it with what it recorded at the assignment."""
+
+    status: str = ""
+    responsible: int = 0
+    found: bool = True
+
+
 class CrmContact(NamedTuple):
     """A NamedTuple, not a dataclass: a full sync moves a million of these into
     ``store.numbers.write_contacts`` (whose ``ContactRows`` it is, as is), and with the opt-in page

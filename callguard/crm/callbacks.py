@@ -24,8 +24,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from callguard.callbacks.events import LeadSeen
 from callguard.crm.amocrm_api import AmoApi
+from callguard.crm.base import LeadSeen
 from callguard.crm.bitrix24 import Bitrix24
 from callguard.errors import CrmError, CrmRejectedError
 
