@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from callguard.config import CallbackConfig, Duration, HeadConfig, HoursConfig, ManagerConfig
-from callguard.config.load import validate_callback
+from callguard.config.roster import validate_callback
 from callguard.errors import ConfigError
 from callguard.screening.rules import DAYS, Schedule, parse_schedule
 
@@ -116,7 +116,7 @@ def next_open(schedule: Schedule, now: float, horizon_days: int = 14) -> float |
 
 
 def _manager(cfg: ManagerConfig, key: str) -> Manager:
-    """One roster entry from its checked config (``config.load.validate_callback``)."""
+    """One roster entry from its checked config (``config.roster.validate_callback``)."""
     hours = HoursConfig(enabled=True, timezone=cfg.timezone, days=cfg.days, holidays=cfg.holidays)
     exts = cfg.extensions or [x for x in map(_extension_of, cfg.devices) if x]
     return Manager(cfg.name, cfg.crm_user_id, frozenset(cfg.devices), frozenset(exts), parse_schedule(hours))
