@@ -82,7 +82,7 @@ def build_parts(cfg: Config, store: Store) -> Parts:
         if cfg.callback.enabled:  # the call-back loop rides the same feed, after the call flow
             parts.callbacks, parts.notices = build_callbacks(cfg, store)
             on_event = fan_out(parts.calls.on_event, parts.callbacks.on_event)
-        # after every login: re-attach calls in progress, rebuild those that ended in the gap (issue 15)
+        # after every login: re-attach calls in progress, rebuild those that ended in the gap
         parts.ami = AmiClient(cfg.ami, on_event, parts.calls.on_link_lost, parts.calls.resync)
         if parts.callbacks is not None:
             parts.callbacks.link = ClientLink(parts.ami)

@@ -371,7 +371,7 @@ async def client(args: argparse.Namespace, db: Path) -> None:
             if got < 0.95 * rate:
                 print(f"offered: {kind} at {rate:.0f}/s achieved only {got:,.0f}/s: the client (or host) is the limit")
     print(
-        "targets (issue 13): "
+        "targets: "
         f"p99 at {args.light_rate:.0f}/s ≤ 1 ms: {light['p99']:.3f} ms ({'met' if light['p99'] <= 1 else 'MISSED'}); "
         f"p99 at {args.rate:.0f}/s ≤ 2 ms: {cg_open['p99']:.3f} ms ({'met' if cg_open['p99'] <= 2 else 'MISSED'}); "
         f"p99 within 4x floor at {args.rate:.0f}/s: {cg_open['p99'] / floor_open['p99']:.2f}x "

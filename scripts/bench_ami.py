@@ -9,7 +9,7 @@ prints, at each checkpoint, the events/s since the start and the peak/current RS
     .venv/bin/python scripts/bench_ami.py                       # checkpoints at 1M and 5M events
     .venv/bin/python scripts/bench_ami.py --checkpoints 200000,1000000 --concurrent 5000
 
-Targets (issue 5): >= 30,000 events/s on the 2-core CI box; RSS flat (within 10 %) from 1M to 5M.
+Targets: >= 30,000 events/s on the 2-core CI box; RSS flat (within 10 %) from 1M to 5M.
 """
 
 from __future__ import annotations

@@ -14,8 +14,8 @@ process alone and for all of callguard's processes (summed RSS, PSS, private).
     .venv/bin/python scripts/bench_sync.py --contacts 100000
     .venv/bin/python scripts/bench_sync.py --parse-workers 1    # the same with the opt-in page parser
 
-Targets (issues 4, 13): full sync ≤ 60 s, peak RSS ≤ 150 MB, screen p99 during the sync ≤ 5 ms. The
-1M-contact run with --parse-workers 0 against 1 decides whether crm.offload stays (issue 13).
+Targets: full sync ≤ 60 s, peak RSS ≤ 150 MB, screen p99 during the sync ≤ 5 ms. The
+1M-contact run with --parse-workers 0 against 1 decides whether crm.offload stays.
 """
 
 from __future__ import annotations

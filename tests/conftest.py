@@ -21,7 +21,7 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
-# Tests are laid out by layer (issue 13); each folder's tests carry its marker, so `pytest -m unit` runs the
+# Tests are laid out by layer; each folder's tests carry its marker, so `pytest -m unit` runs the
 # pure layer alone and `-m "not live and not browser"` skips what needs a real Asterisk or Chromium.
 LAYERS = ("unit", "store", "loopback", "service", "browser", "live")
 

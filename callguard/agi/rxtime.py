@@ -5,7 +5,7 @@ in the socket's receive queue while the loop was busy or frozen (QA: a 20 s free
 screen). So the listening socket gets SO_TIMESTAMPNS (accepted sockets inherit it; the kernel then
 stamps each packet on arrival), and ``connection_made`` peeks one byte (MSG_PEEK|MSG_DONTWAIT) to read
 the stamp of data already queued. Nothing queued (EAGAIN, the usual case): the first ``data_received``
-is the start. About 4-6 µs a connection (see the measurement in the issue note).
+is the start. About 4-6 µs a connection, measured on a 2-core host.
 """
 
 from __future__ import annotations

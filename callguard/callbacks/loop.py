@@ -1,4 +1,4 @@
-"""The call-back loop for one missed call: a pure state machine (issue 16).
+"""The call-back loop for one missed call: a pure state machine.
 
 ``step(callback, event, ctx) -> Step``: the new ``Callback`` (a frozen value; ``to_row`` / ``from_row``
 give the store's row, so every transition can be persisted and a restart resumes where it was) and the

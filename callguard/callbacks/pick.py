@@ -1,4 +1,4 @@
-"""The picking rule, pure: who gets a missed call to call back (issue 16 "Assign" / "Hand on").
+"""The picking rule, pure: who gets a missed call to call back ("Assign" / "Hand on").
 
 1. Only a *free* manager is ever picked (``presence.free``: logged in, not paused, not in a call, in hours).
 2. Never the previous assignee again when another manager is free.

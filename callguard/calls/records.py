@@ -1,6 +1,6 @@
 """Asterisk's own record of each screened call, pure: AstDB entries in, typed ``CallRecord``s out.
 
-Source decision (issue 15). callguard rebuilds the calls that ended while it or its AMI link was down from
+Source decision. callguard rebuilds the calls that ended while it or its AMI link was down from
 **one AstDB entry per call, written by the shipped dialplan's hangup handler** (``[callguard-hangup]`` in
 dialplan/extensions_callguard.conf) and read back over AMI with ``DBGetTree``. Measured against the other
 candidates on Asterisk 22.10.1 (tests/fixtures/traces, tests/live/test_live_records.py):

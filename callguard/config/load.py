@@ -112,7 +112,7 @@ META_FIELDS = frozenset({"source", "ignored"})
 # Keys a release took away. An upgrade keeps the admin's config.toml, so such a key is ignored (and
 # `run` logs config_key_ignored with the reason) rather than refused: refusing would leave the service
 # down after an upgrade, every call unscreened, for a line that no longer matters.
-REMOVED_KEYS = {"agi.workers": "removed: callguard screens in one process (issue 13); delete this line"}
+REMOVED_KEYS = {"agi.workers": "removed: callguard screens in one process; delete this line"}
 
 
 def _drop_removed(raw: dict[str, Any]) -> tuple[str, ...]:

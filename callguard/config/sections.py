@@ -208,7 +208,7 @@ class ServiceConfig:
     stall_timeout: Duration = dur("1s", "0s", "1m")
 
 
-# [callback]: the call-back loop (issue 16); checked by callbacks.settings.parse_roster.
+# [callback]: the call-back loop; checked by callbacks.settings.parse_roster.
 _WEEKDAYS = {d: "09:00-18:00" for d in ("mon", "tue", "wed", "thu", "fri")}
 
 

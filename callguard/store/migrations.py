@@ -8,7 +8,7 @@ from __future__ import annotations
 MIGRATIONS: dict[int, str] = {
     1: """
     -- CRM contacts' phones. A contact with three phones gives three rows; two contacts may share a phone
-    -- (CRM duplicates), hence the pair key (DESIGN.md has phone alone; see the issue note).
+    -- (CRM duplicates), hence the pair key (DESIGN.md has phone alone: one phone can belong to two contacts).
     CREATE TABLE numbers (
         phone       TEXT NOT NULL,            -- E.164
         contact_id  TEXT NOT NULL,
@@ -109,7 +109,7 @@ MIGRATIONS: dict[int, str] = {
     DROP INDEX IF EXISTS screens_uniqueid;
     """,
     5: """
-    -- The call-back loop (issue 16): one row per call-back, written before each step's actions run.
+    -- The call-back loop: one row per call-back, written before each step's actions run.
     CREATE TABLE callbacks (
         key              TEXT PRIMARY KEY,           -- Linkedid of the miss that opened it
         customer         TEXT NOT NULL,              -- E.164
@@ -142,7 +142,7 @@ MIGRATIONS: dict[int, str] = {
     ) WITHOUT ROWID;
     """,
     6: """
-    -- When each manager was last given a call-back (issue 16 "least recently assigned"): a restart picks
+    -- When each manager was last given a call-back ("least recently assigned"): a restart picks
     -- as the running service would have.
     CREATE TABLE callback_managers (
         name              TEXT PRIMARY KEY,

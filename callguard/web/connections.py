@@ -3,7 +3,7 @@
 aiohttp (3.14 here) closes a connection that stays idle for ``keepalive_timeout``, counted from the
 connect and from the end of each response, and bounds line and header sizes itself; it has neither a
 separate deadline for the first request nor a cap on open connections, so 600 silent clients pinned 600
-descriptors (issue 12). ``BoundedFactory`` is the protocol factory given to ``loop.create_server`` in
+descriptors. ``BoundedFactory`` is the protocol factory given to ``loop.create_server`` in
 place of aiohttp's ``Server`` (which it calls for each accepted connection). It only uses aiohttp's
 public surface: ``Server.connections``, ``Server.request_handler``, ``BaseRequest.protocol`` and
 ``RequestHandler.force_close()``.

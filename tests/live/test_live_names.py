@@ -1,4 +1,4 @@
-"""Live: CRM contact names that are dialplan syntax reach the queue as data (issue 12).
+"""Live: CRM contact names that are dialplan syntax reach the queue as data.
 
 On the old shipped dialplan a contact named ``" != "" & "):System(touch /tmp/x`` ran System() and one
 named ``Petrov, Ivan "VIP"`` dropped the caller. Here each name goes through the real path: the CRM cache,

@@ -1,4 +1,4 @@
-"""Live: a hung callguard never holds a caller more than 3 s (issue 12).
+"""Live: a hung callguard never holds a caller more than 3 s.
 
 Asterisk 22.10.1 has no read timeout on a FastAGI socket: a callguard that accepted a call and then hung
 held the caller in ringing for as long as it hung (20 s, 45 s). Here the real Asterisk and the shipped

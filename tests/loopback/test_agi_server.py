@@ -337,7 +337,7 @@ def test_fixture_transcripts_exist() -> None:
     assert set(SCENARIOS) <= {p.name.split(".")[0] for p in asterisk_agi.TRACES.glob("*.agi.txt")}
 
 
-# --- monitor mode (issue 14): the verdict is computed, logged and counted, spam is let through -----------
+# --- monitor mode: the verdict is computed, logged and counted, spam is let through -----------
 
 
 async def test_monitor_mode_answers_spam_clean_and_counts_it(cfg: Config, store: Store) -> None:

@@ -1,4 +1,4 @@
-"""The CRM side of the call-back loop (issue 16) over a real store, a recording CRM and a fake clock: the
+"""The CRM side of the call-back loop over a real store, a recording CRM and a fake clock: the
 lead is read before a hand-on (a status or responsible changed in the CRM closes it, an unchanged lead is
 handed on, a CRM read outage delays the hand-on and never doubles it), a webhook's hint closes it at once,
 and a restart keeps "least recently assigned"."""

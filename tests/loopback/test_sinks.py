@@ -291,7 +291,7 @@ async def test_recovery_lookup_failure_asks_again_before_resending(
     tmp_path: Path, cfg: Config, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The sink took the lead, the process died, and at the restart the sink could not be asked: the
-    resend asks first, so no second copy (issue 15: a CRM has no idempotency key to absorb one)."""
+    resend asks first, so no second copy (a CRM has no idempotency key to absorb one)."""
     clock = Clock()
     await add(store, "L1", clock)
     item = await store.outbox.get("L1")

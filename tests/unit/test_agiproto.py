@@ -158,7 +158,7 @@ def test_ported_parsers_on_known_inputs() -> None:
     assert app_args("") == []
 
 
-# --- every line callguard writes fits res_agi's command buffer (issue 12) ----------------------------------
+# --- every line callguard writes fits res_agi's command buffer ----------------------------------
 
 # What a CRM field can hold: anything, long runs of plain characters (the old bare path sent them uncut),
 # the characters the dialplan and the two argument parsers treat as syntax, and 4-byte emoji.

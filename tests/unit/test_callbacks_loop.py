@@ -303,7 +303,7 @@ def test_a_crm_failure_after_the_call_back_rearms_nothing() -> None:
     assert s.callback.state is State.ATTEMPTED and s.callback.due is None and not s.actions
 
 
-# --- the read of the lead before a hand-on (the CRM side of issue 16) --------------------------------
+# --- the read of the lead before a hand-on (the CRM side of the call-back loop) --------------------------------
 
 
 def assigned_in_crm(team: Team, status: str = "NEW") -> Callback:

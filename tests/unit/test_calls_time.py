@@ -1,4 +1,4 @@
-"""Event time and expiry (issue 12): a Timestamp is trusted only near its arrival; staleness runs on the
+"""Event time and expiry: a Timestamp is trusted only near its arrival; staleness runs on the
 monotonic clock, so no stamp (24 h ahead, garbage) ends a live call early or shifts it absurdly."""
 
 from __future__ import annotations

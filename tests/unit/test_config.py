@@ -230,7 +230,7 @@ def test_bounds_themselves_are_accepted(tmp_path: Path, key: str, value: object)
     load_config(_write(tmp_path, _toml_for(key, value, PARTNERS.get(key))), env={})
 
 
-# The broken configs QA tried on `callguard run` (issue 12), and the rules across keys.
+# The broken configs QA tried on `callguard run`, and the rules across keys.
 BROKEN = [
     ("[agi]\nread_timeout_ms = 0\n", "agi.read_timeout_ms", "must be 100 to 60000, got 0"),
     ("[agi]\nread_timeout_ms = -5\n", "agi.read_timeout_ms", "got -5"),

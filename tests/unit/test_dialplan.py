@@ -48,7 +48,7 @@ def test_dialplan_branches_on_every_verdict_it_must() -> None:
         assert f"UserEvent({event}" in text
 
 
-# --- CRM data is data (issue 12): a CRM-sourced variable is only measured or assigned -----------------
+# --- CRM data is data: a CRM-sourced variable is only measured or assigned -----------------
 
 CRM_VARIABLES = ("CALLGUARD_CONTACT_NAME", "CALLGUARD_CONTACT_ID", "CALLGUARD_OWNER")
 

@@ -108,7 +108,7 @@ def test_run_loop_leaves_nothing_unwritten_when_the_loop_ends() -> None:
         log.configure("json", "info", stream=io.StringIO())
 
 
-# --- journald priorities (issue 14): `journalctl -u callguard -p warning` must find the warnings ---------
+# --- journald priorities: `journalctl -u callguard -p warning` must find the warnings ---------
 
 
 def _lines_to(path: Path, journal: bool, monkeypatch: pytest.MonkeyPatch) -> list[bytes]:

@@ -19,7 +19,7 @@ ALERTS = MONITORING / "alerts.yml"
 DASHBOARD = MONITORING / "grafana-dashboard.json"
 PROMTOOL = shutil.which("promtool")
 # Metrics an alert or panel names before callguard exports them (none now: the call-back loop exports
-# callguard_callbacks_sla_breaches_total since issue 16).
+# callguard_callbacks_sla_breaches_total since the call-back loop).
 FUTURE: set[str] = set()
 # Prometheus's own series, not callguard's.
 BUILTIN = {"up"}
