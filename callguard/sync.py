@@ -222,8 +222,9 @@ class SyncService:
 
     async def full(self) -> SyncReport:
         """Page through every contact (resumable), then purge what the CRM no longer has. One page at a
-        time: the CRM's latency no longer overlaps our write (the read-ahead was removed when screening became one process; the
-        bench_sync measurement at 1M contacts says whether the 60 s target still holds)."""
+        time: the CRM's latency no longer overlaps our write (the read-ahead was removed when screening
+        became one process; the bench_sync measurement at 1M contacts says whether the 60 s target still
+        holds)."""
         report = SyncReport("full")
         t0 = time.monotonic()
         state = await self.store.sync_state.get(self.source)
